@@ -1,0 +1,12 @@
+"""The list of command groups registered on ``diode``; each group lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+
+def all_commands() -> list[click.Command]:
+    from diode.cli.keys import keys
+
+    commands: list[click.Command] = [keys]
+    return commands
