@@ -342,7 +342,9 @@ def _main(argv: list[str]) -> int:
             heap_mb=args.heap_mb,
             detach=True,
         )
-        print(f"Kafka {KAFKA_VERSION} ready at {c.bootstrap} (pid {c.pid}, {c.startup_seconds:.1f}s)")
+        print(
+            f"Kafka {KAFKA_VERSION} ready at {c.bootstrap} (pid {c.pid}, {c.startup_seconds:.1f}s)"
+        )
         return 0
     if args.cmd == "stop":
         stopped = stop_dir(args.data_dir)

@@ -26,10 +26,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
+from enum import IntEnum
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -38,8 +40,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import (
     X25519PrivateKey,
     X25519PublicKey,
 )
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from diode.errors import AuthenticationError, ConfigError, KeyFileError
+from diode.errors import AuthenticationError, ConfigError, KeyFileError, LocalProtocolError
+
+#: what the AEAD calls accept without copying
+Buffer = bytes | bytearray | memoryview
 
 SIGNATURE_SIZE = 64
 PUBLIC_KEY_SIZE = 32
@@ -105,7 +112,9 @@ class SigningKey:
     def __init__(self, key: Ed25519PrivateKey) -> None:
         self._key = key
         self.verify_key = VerifyKey(
-            key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
         )
 
     @classmethod
@@ -137,9 +146,7 @@ class ReceiverPublicKey:
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != PUBLIC_KEY_SIZE:
-            raise KeyFileError(
-                f"X25519 public key is {len(raw)} bytes, expected {PUBLIC_KEY_SIZE}"
-            )
+            raise KeyFileError(f"X25519 public key is {len(raw)} bytes, expected {PUBLIC_KEY_SIZE}")
         self.raw = raw
         self._key = X25519PublicKey.from_public_bytes(raw)
 
@@ -162,7 +169,9 @@ class ReceiverPrivateKey:
     def __init__(self, key: X25519PrivateKey) -> None:
         self._key = key
         self.public_key = ReceiverPublicKey(
-            key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            key.public_key().public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
         )
 
     @classmethod
@@ -322,3 +331,113 @@ def load_receiver_public_key(path: Path) -> ReceiverPublicKey:
     return ReceiverPublicKey(
         key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
+
+
+# --------------------------------------------------------------------------- session keys
+#
+# The sender makes every session key itself from the randomness it is given, wraps it to the
+# receiver's X25519 public key and signs the announcement (see diode.protocol.sender). The
+# helpers below are the only place the primitives appear; the sessions see opaque objects.
+
+SESSION_KEY_SIZE = 32
+TAG_SIZE = 16
+NONCE_SIZE = 12
+#: ephemeral X25519 public key followed by the wrapped session key and its tag
+WRAPPED_KEY_SIZE = PUBLIC_KEY_SIZE + SESSION_KEY_SIZE + TAG_SIZE
+
+_WRAP_INFO = b"kafka-data-diode v1 session key wrap"
+_ZERO_NONCE = bytes(NONCE_SIZE)
+
+
+class Cipher(IntEnum):
+    """The AEAD that protects datagrams; its code is part of the config fingerprint."""
+
+    AES_256_GCM = 1
+    CHACHA20_POLY1305 = 2
+
+
+class SessionCipher:
+    """AEAD under one session key, created once per key (object creation costs ~1 us).
+
+    ``seal`` returns ciphertext followed by the 16-byte tag. ``open`` raises
+    ``AuthenticationError`` for any bad tag and says nothing else, so a forger learns nothing.
+    Both accept bytes-like objects, so callers can pass memoryview slices without copying.
+    """
+
+    __slots__ = ("_aead", "cipher", "seal")
+
+    def __init__(self, cipher: Cipher, key: bytes) -> None:
+        if len(key) != SESSION_KEY_SIZE:
+            raise LocalProtocolError(
+                f"session key is {len(key)} bytes, expected {SESSION_KEY_SIZE}"
+            )
+        self.cipher = cipher
+        aead: AESGCM | ChaCha20Poly1305
+        if cipher == Cipher.AES_256_GCM:
+            aead = AESGCM(key)
+        elif cipher == Cipher.CHACHA20_POLY1305:
+            aead = ChaCha20Poly1305(key)
+        else:  # pragma: no cover - IntEnum makes this unreachable
+            raise LocalProtocolError(f"unknown cipher {cipher!r}")
+        self._aead = aead
+        # bound method kept as an attribute: the sender calls it once per datagram
+        self.seal: Callable[[bytes, Buffer, Buffer | None], bytes] = aead.encrypt
+
+    def open(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, data, aad)
+        except InvalidTag:
+            raise AuthenticationError("datagram tag did not verify") from None
+
+
+def _key_wrap_kek(
+    shared: bytes, ephemeral_public: bytes, receiver_public: bytes, context: bytes
+) -> bytes:
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(),
+        length=SESSION_KEY_SIZE,
+        salt=ephemeral_public + receiver_public,
+        info=_WRAP_INFO + context,
+    )
+    return hkdf.derive(shared)
+
+
+def wrap_session_key(
+    receiver_public: ReceiverPublicKey, session_key: bytes, ephemeral_seed: bytes, context: bytes
+) -> bytes:
+    """Wrap ``session_key`` so only the holder of the receiver's private key can read it.
+
+    Ephemeral X25519 (made from ``ephemeral_seed``, 32 fresh random bytes) with the
+    receiver's key, HKDF-SHA256 bound to both public keys and to ``context`` (session id, key
+    id, cipher), then AES-256-GCM. The KEK is new for every ephemeral key, so the zero nonce
+    is used once. Returns ``WRAPPED_KEY_SIZE`` bytes: ephemeral public key, ciphertext, tag.
+    """
+    if len(session_key) != SESSION_KEY_SIZE:
+        raise LocalProtocolError(f"session key is {len(session_key)} bytes, expected 32")
+    if len(ephemeral_seed) != 32:
+        raise LocalProtocolError(f"ephemeral seed is {len(ephemeral_seed)} bytes, expected 32")
+    ephemeral = X25519PrivateKey.from_private_bytes(ephemeral_seed)
+    ephemeral_public = ephemeral.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    try:
+        shared = ephemeral.exchange(receiver_public._key)
+    except ValueError:
+        raise LocalProtocolError("key exchange with the receiver public key failed") from None
+    kek = _key_wrap_kek(shared, ephemeral_public, receiver_public.raw, context)
+    return ephemeral_public + AESGCM(kek).encrypt(_ZERO_NONCE, session_key, context)
+
+
+def unwrap_session_key(
+    receiver_private: ReceiverPrivateKey, wrapped: bytes, context: bytes
+) -> bytes:
+    """Inverse of ``wrap_session_key``; ``AuthenticationError`` if anything is off."""
+    if len(wrapped) != WRAPPED_KEY_SIZE:
+        raise AuthenticationError("wrapped key has the wrong size")
+    ephemeral_public = wrapped[:PUBLIC_KEY_SIZE]
+    shared = receiver_private.exchange(ephemeral_public)
+    kek = _key_wrap_kek(shared, ephemeral_public, receiver_private.public_key.raw, context)
+    try:
+        return AESGCM(kek).decrypt(_ZERO_NONCE, wrapped[PUBLIC_KEY_SIZE:], context)
+    except InvalidTag:
+        raise AuthenticationError("wrapped key did not verify") from None

@@ -123,14 +123,19 @@ def _batch_length(data: bytes) -> int:
 
 
 @functools.lru_cache(maxsize=1024)
-def _topic_problem(topic: str) -> str | None:
+def _legal_topic(topic: str) -> bool:
     # few distinct topics cross a diode: cache the verdict instead of matching every record
+    # (only names already known to be short reach here, so the cache stays small)
+    return topic not in (".", "..") and _TOPIC_RE.fullmatch(topic) is not None
+
+
+def _topic_problem(topic: str) -> str | None:
     if not topic:
         return "topic is empty"
     if len(topic) > MAX_TOPIC_LENGTH:
         return f"topic is {len(topic)} characters, exceeds Kafka's limit of {MAX_TOPIC_LENGTH}"
-    if topic in (".", "..") or _TOPIC_RE.fullmatch(topic) is None:
-        return f"topic {topic[:MAX_TOPIC_LENGTH]!r} is not a legal Kafka topic name"
+    if not _legal_topic(topic):
+        return f"topic {topic!r} is not a legal Kafka topic name"
     return None
 
 
@@ -162,7 +167,8 @@ def decode_batch(data: bytes, *, max_records: int) -> list[Record]:
         raise DecodeError(f"record batch announces {count} records, exceeds limit {max_records}")
     try:
         records = _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, ValueError) as exc:
+        # ValueError: msgspec lets UnicodeDecodeError through for a str that is not UTF-8
         raise DecodeError(f"record batch is malformed: {exc}") from exc
     for index, record in enumerate(records):
         _check_record(index, record)
