@@ -31,6 +31,7 @@ test: lint typecheck  ## everything CI runs: lint, types, the whole suite with r
 	$(VENV)/bin/pytest
 
 bench: $(STAMP)  ## run every benchmark (each prints one JSON object)
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 kafka-fetch:  ## download the Kafka broker jars from Maven Central into ~/.cache/diode

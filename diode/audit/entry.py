@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
+from typing import Any
 
 import msgspec
 
@@ -125,7 +126,7 @@ def check_fields(fields: Mapping[str, object]) -> None:
     _check_mapping(fields, "fields", 0)
 
 
-def _check_mapping(obj: Mapping[object, object], path: str, depth: int) -> None:
+def _check_mapping(obj: Mapping[Any, object], path: str, depth: int) -> None:
     if depth >= MAX_FIELD_DEPTH:
         raise AuditError(f"{path}: nesting depth exceeds limit {MAX_FIELD_DEPTH}")
     for key, value in obj.items():

@@ -7,6 +7,7 @@ import click
 
 def all_commands() -> list[click.Command]:
     from diode.cli.keys import keys
+    from diode.cli.policy import policy
 
-    commands: list[click.Command] = [keys]
+    commands: list[click.Command] = [keys, policy]
     return commands

@@ -253,8 +253,13 @@ class _DenyChecker:
         return ways
 
     def settles(
-        self, items: list[tuple[Any, Any]], pos: int, body: list[tuple[Any, Any]], flags: int,
-        *, top: bool
+        self,
+        items: list[tuple[Any, Any]],
+        pos: int,
+        body: list[tuple[Any, Any]],
+        flags: int,
+        *,
+        top: bool,
     ) -> bool:
         """True if a bounded repeat of one class can end in only one place: it is last in
         the pattern, or what follows cannot match its characters."""

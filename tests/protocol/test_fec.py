@@ -29,8 +29,8 @@ def _block(codec: ErasureCodec, k: int, units: int, seed: int) -> list[bytes]:
     return [rng.randbytes(length) for _ in range(k)]
 
 
-def test_both_codecs_are_installed(name: str) -> None:
-    assert set(CODECS) == {"zfec", "raptorq"}
+def test_codecs_listed_are_usable(name: str) -> None:
+    assert "zfec" in CODECS  # the runtime dependency; raptorq comes with the bench extra
     assert get_codec(name).name == name
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import random
+import tracemalloc
 import zlib
 
 import msgspec
@@ -200,8 +201,15 @@ def test_compression_shrinks_repetitive_batches() -> None:
 def test_decompression_bomb_refused() -> None:
     bomb = zlib.compress(bytes(20_000_000), 9)
     assert len(bomb) < 50_000
-    with pytest.raises(DecodeError, match="inflates beyond limit 65536"):
-        decompress(bomb, Compression.ZLIB, max_size=65536)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DecodeError, match="inflates beyond limit 65536"):
+            decompress(bomb, Compression.ZLIB, max_size=65536)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # refused after inflating just past the limit, not after inflating the 20 MB
+    assert peak < 1_000_000
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,341 @@
+"""Anomaly detectors: per-topic state that turns a stream of records into findings.
+
+Every detector is deterministic given the ``now`` it is handed; none reads a clock. They
+compare a topic with its own past (exponentially weighted moving averages, EWMA) rather than
+with fixed bounds, after a warm-up during which they only learn:
+
+* rate: records per window against the EWMA of past windows (a Poisson floor on the
+  deviation keeps a quiet steady stream from alarming on noise);
+* size: each record's size against the EWMA of sizes;
+* field drift: a numeric field's fast EWMA against its slow baseline, so both a sudden jump
+  and a slow creep show, and one alarm is raised per episode, not per record;
+* timestamp: a record stamped too far ahead of or behind the clock;
+* silence: a topic that talked steadily and has been quiet far longer than usual, reported
+  by ``poll(now)`` because no record arrives to trigger it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from diode.policy.decision import Finding
+from diode.policy.model import (
+    Anomaly,
+    FieldDetector,
+    RateDetector,
+    SilenceDetector,
+    SizeDetector,
+    TimestampDetector,
+)
+
+#: empty windows folded in one at a time after a pause; beyond this the EWMA has forgotten
+#: the past anyway, so the rest are skipped
+MAX_IDLE_WINDOWS = 2000
+
+
+class Ewma:
+    """Exponentially weighted mean and variance (West's incremental form)."""
+
+    __slots__ = ("alpha", "mean", "n", "var")
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self.mean = 0.0
+        self.var = 0.0
+        self.n = 0
+
+    def update(self, x: float) -> None:
+        if self.n == 0:
+            self.mean = x
+        else:
+            d = x - self.mean
+            a = self.alpha
+            self.mean += a * d
+            self.var = (1.0 - a) * (self.var + a * d * d)
+        self.n += 1
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.var)
+
+
+class RateMonitor:
+    """Counts records per window; when a window closes, compares its count with the EWMA."""
+
+    __slots__ = ("cfg", "count", "ewma", "window_end")
+
+    def __init__(self, cfg: RateDetector) -> None:
+        self.cfg = cfg
+        self.ewma = Ewma(cfg.alpha)
+        self.count = 0
+        self.window_end: float | None = None
+
+    def observe(self, now: float, topic: str, rule: str) -> Finding | None:
+        end = self.window_end
+        finding = None
+        if end is None:
+            self.window_end = now + self.cfg.window_s
+        elif now >= end:
+            finding = self._close(now, topic, rule)
+        self.count += 1
+        return finding
+
+    def _close(self, now: float, topic: str, rule: str) -> Finding | None:
+        cfg = self.cfg
+        ewma = self.ewma
+        count = self.count
+        finding = None
+        if ewma.n >= cfg.warmup_windows:
+            # counts of a steady random stream vary like sqrt(mean) (Poisson)
+            std = max(ewma.std, math.sqrt(max(ewma.mean, 0.0)), 1.0)
+            z = (count - ewma.mean) / std
+            if abs(z) > cfg.z:
+                bound = ewma.mean + math.copysign(cfg.z * std, z)
+                finding = Finding(
+                    "rate",
+                    topic,
+                    rule,
+                    count / cfg.window_s,
+                    bound / cfg.window_s,
+                    f"{count} records in {cfg.window_s:g} s against a usual "
+                    f"{ewma.mean:.1f} (z={z:+.1f}, limit {cfg.z:g})",
+                )
+        ewma.update(float(count))
+        assert self.window_end is not None
+        idle = int((now - self.window_end) // cfg.window_s)
+        for _ in range(min(idle, MAX_IDLE_WINDOWS)):
+            ewma.update(0.0)
+        self.window_end += (idle + 1) * cfg.window_s
+        self.count = 0
+        return finding
+
+
+class SizeMonitor:
+    __slots__ = ("cfg", "ewma")
+
+    def __init__(self, cfg: SizeDetector) -> None:
+        self.cfg = cfg
+        self.ewma = Ewma(cfg.alpha)
+
+    def observe(self, size: int, topic: str, rule: str) -> Finding | None:
+        ewma = self.ewma
+        finding = None
+        if ewma.n >= self.cfg.warmup:
+            std = max(math.sqrt(ewma.var), self.cfg.min_std_fraction * ewma.mean, 1.0)
+            z = (size - ewma.mean) / std
+            if z > self.cfg.z or -z > self.cfg.z:
+                finding = Finding(
+                    "size",
+                    topic,
+                    rule,
+                    float(size),
+                    ewma.mean + math.copysign(self.cfg.z * std, z),
+                    f"record of {size} bytes against a usual {ewma.mean:.0f} "
+                    f"(z={z:+.1f}, limit {self.cfg.z:g})",
+                )
+        ewma.update(float(size))
+        return finding
+
+
+class FieldMonitor:
+    """Drift of one numeric field: fast EWMA of the values against a slow EWMA baseline."""
+
+    __slots__ = ("alarmed", "cfg", "fast", "path", "slow")
+
+    def __init__(self, path: str, cfg: FieldDetector) -> None:
+        self.path = path
+        self.cfg = cfg
+        self.slow = Ewma(cfg.alpha_slow)
+        self.fast = 0.0
+        self.alarmed = False
+
+    def observe(self, x: float, topic: str, rule: str) -> Finding | None:
+        slow = self.slow
+        cfg = self.cfg
+        finding = None
+        n = slow.n
+        if n == 0:
+            self.fast = x
+            slow.mean = x
+            slow.n = 1
+            return None
+        fast = self.fast = self.fast + cfg.alpha_fast * (x - self.fast)
+        mean = slow.mean
+        if n >= cfg.warmup:
+            std = math.sqrt(slow.var)
+            if std < cfg.min_std:
+                std = cfg.min_std
+            if std < 1e-9:
+                std = 1e-9
+            z = (fast - mean) / std
+            az = z if z >= 0 else -z
+            if az > cfg.z:
+                if not self.alarmed:
+                    self.alarmed = True
+                    finding = Finding(
+                        f"field:{self.path}",
+                        topic,
+                        rule,
+                        fast,
+                        mean + math.copysign(cfg.z * std, z),
+                        f"{self.path} averages {fast:.6g} against a baseline of "
+                        f"{mean:.6g} (z={z:+.1f}, limit {cfg.z:g})",
+                    )
+            elif az < cfg.z / 2:
+                # re-arm only once clearly back to normal, so one drift is one alarm
+                self.alarmed = False
+        # the slow baseline's EWMA update, inlined (Ewma.update) because this runs per record
+        a = slow.alpha
+        d = x - mean
+        slow.mean = mean + a * d
+        slow.var = (1.0 - a) * (slow.var + a * d * d)
+        slow.n = n + 1
+        return finding
+
+
+def timestamp_finding(
+    cfg: TimestampDetector, ts_ms: int, now: float, topic: str, rule: str
+) -> Finding | None:
+    skew = ts_ms / 1000.0 - now
+    if skew > cfg.max_future_s:
+        return Finding(
+            "timestamp",
+            topic,
+            rule,
+            skew,
+            cfg.max_future_s,
+            f"timestamp {skew:.1f} s in the future (limit {cfg.max_future_s:g} s)",
+        )
+    if -skew > cfg.max_past_s:
+        return Finding(
+            "timestamp",
+            topic,
+            rule,
+            skew,
+            -cfg.max_past_s,
+            f"timestamp {-skew:.1f} s in the past (limit {cfg.max_past_s:g} s)",
+        )
+    return None
+
+
+class SilenceMonitor:
+    __slots__ = ("cfg", "gaps", "last", "reported", "seen")
+
+    def __init__(self, cfg: SilenceDetector) -> None:
+        self.cfg = cfg
+        self.gaps = Ewma(0.05)
+        self.last: float | None = None
+        self.seen = 0
+        self.reported = False
+
+    def observe(self, now: float) -> None:
+        last = self.last
+        if last is not None and now >= last:
+            self.gaps.update(now - last)
+        self.last = now
+        self.seen += 1
+        self.reported = False
+
+    def threshold(self) -> float:
+        return max(self.cfg.after_s, self.cfg.factor * self.gaps.mean)
+
+    def poll(self, now: float, topic: str, rule: str) -> Finding | None:
+        if self.reported or self.last is None or self.seen < self.cfg.warmup:
+            return None
+        quiet = now - self.last
+        limit = self.threshold()
+        if quiet <= limit:
+            return None
+        self.reported = True
+        return Finding(
+            "silence",
+            topic,
+            rule,
+            quiet,
+            limit,
+            f"no record for {quiet:.0f} s; usually one every {self.gaps.mean:.2f} s "
+            f"(limit {limit:g} s)",
+        )
+
+
+def _number(obj: Any, path: tuple[str, ...]) -> float | None:
+    for part in path:
+        if not isinstance(obj, Mapping):
+            return None
+        obj = obj.get(part)
+    if isinstance(obj, int | float) and not isinstance(obj, bool):
+        return float(obj)
+    return None
+
+
+class TopicMonitor:
+    """Every detector one rule configures, for one topic."""
+
+    __slots__ = ("fields", "rate", "rule", "silence", "size", "timestamp", "topic")
+
+    def __init__(self, cfg: Anomaly, topic: str, rule: str) -> None:
+        self.topic = topic
+        self.rule = rule
+        self.rate = RateMonitor(cfg.rate) if cfg.rate else None
+        self.size = SizeMonitor(cfg.size) if cfg.size else None
+        self.timestamp = cfg.timestamp
+        self.silence = SilenceMonitor(cfg.silence) if cfg.silence else None
+        self.fields = [
+            (tuple(path.split(".")), FieldMonitor(path, fc)) for path, fc in cfg.fields.items()
+        ]
+
+    @property
+    def wants_value(self) -> bool:
+        return bool(self.fields)
+
+    def observe(self, ts_ms: int, size: int, value: Any, now: float) -> list[Finding] | None:
+        """Feed one record; return its findings, or None when there are none."""
+        # the common case (no finding, window still open) is inlined: this runs per record
+        out: list[Finding] | None = None
+        rate = self.rate
+        if rate is not None:
+            end = rate.window_end
+            if end is not None and now < end:
+                rate.count += 1
+            else:
+                f = rate.observe(now, self.topic, self.rule)
+                if f is not None:
+                    out = [f]
+        sm = self.size
+        if sm is not None:
+            ew = sm.ewma
+            if ew.n >= sm.cfg.warmup:
+                f = sm.observe(size, self.topic, self.rule)
+                if f is not None:
+                    out = [*(out or ()), f]
+            else:
+                ew.update(float(size))
+        ts = self.timestamp
+        if ts is not None:
+            skew = ts_ms / 1000.0 - now
+            if skew > ts.max_future_s or -skew > ts.max_past_s:
+                f = timestamp_finding(ts, ts_ms, now, self.topic, self.rule)
+                if f is not None:
+                    out = [*(out or ()), f]
+        if self.silence is not None:
+            self.silence.observe(now)
+        if value is not None and self.fields:
+            for path, mon in self.fields:
+                if len(path) == 1 and type(value) is dict:
+                    x = value.get(path[0])
+                    if type(x) is not float:
+                        x = _number(value, path)
+                else:
+                    x = _number(value, path)
+                if x is not None:
+                    f = mon.observe(x, self.topic, self.rule)
+                    if f is not None:
+                        out = [*(out or ()), f]
+        return out
+
+    def poll(self, now: float) -> Finding | None:
+        if self.silence is None:
+            return None
+        return self.silence.poll(now, self.topic, self.rule)

@@ -1,0 +1,267 @@
+"""In-place edits of a policy file for ``diode policy allow`` and ``diode policy deny``.
+
+Edits work on the ruamel.yaml round-trip document, so comments, key order and quoting of
+everything not touched survive. Since overlapping rules must agree on their action, allowing
+or denying a topic also carves it out of (``except``) the rules it would otherwise collide
+with. ``write_policy`` validates the result first and replaces the file atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from diode.errors import PolicyError
+from diode.policy import patterns
+from diode.policy.loader import Policy, dump_yaml, load_policy_text, parse_yaml
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def match_kind(topic: str, *, regex: bool = False) -> str:
+    """``regex`` if asked, ``glob`` if the name holds a glob character, else ``exact``.
+
+    Kafka topic names cannot contain ``*``, ``?`` or ``[``, so there is no ambiguity.
+    """
+    if regex:
+        return "regex"
+    return "glob" if _GLOB_CHARS.search(topic) else "exact"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicOptions:
+    """What ``allow`` may set on a rule; None leaves a field as it is."""
+
+    to: str | None = None
+    prefix: str | None = None
+    max_bytes: int | None = None
+    records_per_s: float | None = None
+    bytes_per_s: float | None = None
+    value_format: str | None = None
+    schema: str | None = None
+    rule_id: str | None = None
+    description: str | None = None
+
+
+def _regex_of(kind: str, pattern: str) -> str:
+    if kind == "exact":
+        return re.escape(pattern)
+    if kind == "glob":
+        return patterns.glob_to_regex(pattern)
+    return pattern
+
+
+def _nfa(match: Any) -> tuple[patterns.TopicNFA, list[patterns.TopicNFA]] | None:
+    if not isinstance(match, dict):
+        return None
+    for kind in ("exact", "glob", "regex"):
+        if isinstance(match.get(kind), str):
+            try:
+                nfa = patterns.TopicNFA.from_regex(_regex_of(kind, match[kind]))
+                ex = [
+                    patterns.TopicNFA.from_regex(patterns.glob_to_regex(str(e)))
+                    for e in match.get("except") or []
+                ]
+            except (patterns.PatternError, re.error):
+                return None
+            return nfa, ex
+    return None
+
+
+def _same_match(match: Any, kind: str, pattern: str) -> bool:
+    return isinstance(match, dict) and match.get(kind) == pattern
+
+
+def _rules(doc: CommentedMap) -> CommentedSeq:
+    rules = doc.get("rules")
+    if rules is None:
+        rules = CommentedSeq()
+        doc["rules"] = rules
+    if not isinstance(rules, CommentedSeq):
+        raise PolicyError("`rules` in the policy is not a list")
+    return rules
+
+
+def _new_id(rules: CommentedSeq, stem: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.:-]+", "-", stem).strip("-.")[:56] or "rule"
+    if not base[0].isalnum():
+        base = "r" + base
+    taken = {r.get("id") for r in rules if isinstance(r, dict)}
+    cand = base
+    n = 2
+    while cand in taken:
+        cand = f"{base}-{n}"
+        n += 1
+    return cand
+
+
+def _flow(d: dict[str, Any]) -> CommentedMap:
+    m = CommentedMap(d)
+    m.fa.set_flow_style()
+    return m
+
+
+def _add_except(rule: Any, pattern: str) -> bool:
+    match = rule["match"]
+    ex = match.get("except")
+    if ex is None:
+        ex = CommentedSeq()
+        if match.fa.flow_style():
+            ex.fa.set_flow_style()
+        match["except"] = ex
+    if pattern in ex:
+        return False
+    ex.append(pattern)
+    return True
+
+
+def _overlapping(rules: CommentedSeq, kind: str, pattern: str, skip: Any) -> list[Any]:
+    mine = patterns.TopicNFA.from_regex(_regex_of(kind, pattern))
+    out = []
+    for r in rules:
+        if r is skip or not isinstance(r, dict):
+            continue
+        other = _nfa(r.get("match"))
+        if other is not None and patterns.find_common_topic([mine], [other[0]], other[1]):
+            out.append(r)
+    return out
+
+
+def _action(rule: Any) -> str:
+    return str(rule.get("action", "forward"))
+
+
+def allow(doc: CommentedMap, topic: str, opts: TopicOptions, *, regex: bool = False) -> list[str]:
+    """Make ``topic`` (exact name, glob, or regex) cross; return what changed, in words."""
+    kind = match_kind(topic, regex=regex)
+    rules = _rules(doc)
+    changes: list[str] = []
+    rule = next((r for r in rules if _same_match(r.get("match"), kind, topic)), None)
+    if rule is None:
+        rule = CommentedMap()
+        rule["id"] = opts.rule_id or _new_id(rules, topic.replace("*", "all"))
+        if opts.description:
+            rule["description"] = opts.description
+        rule["match"] = _flow({kind: topic})
+        rule["action"] = "forward"
+        rules.append(rule)
+        changes.append(f"added rule {rule['id']!r} forwarding {kind} {topic}")
+    elif _action(rule) != "forward":
+        changes.append(f"rule {rule['id']!r}: action {_action(rule)} -> forward")
+        rule["action"] = "forward"
+    else:
+        changes.append(f"rule {rule['id']!r} already forwards {kind} {topic}")
+    _apply(rule, opts, changes)
+    # narrower rules that refuse part of this pattern stay in force as exceptions
+    for other in _overlapping(rules, kind, topic, rule):
+        if _action(other) == "forward":
+            continue
+        om = other["match"]
+        for k in ("exact", "glob"):
+            if isinstance(om.get(k), str) and _add_except(rule, om[k]):
+                changes.append(f"rule {rule['id']!r}: except {om[k]} (kept by {other['id']!r})")
+    return changes
+
+
+def _apply(rule: Any, opts: TopicOptions, changes: list[str]) -> None:
+    def put(key: str, value: Any) -> None:
+        if value is not None and rule.get(key) != value:
+            changes.append(f"rule {rule['id']!r}: {key} = {value}")
+            rule[key] = value
+
+    if opts.to is not None:
+        rule.pop("prefix", None)
+    if opts.prefix is not None:
+        rule.pop("to", None)
+    put("to", opts.to)
+    put("prefix", opts.prefix)
+    put("max_bytes", opts.max_bytes)
+    if opts.records_per_s is not None or opts.bytes_per_s is not None:
+        rate = rule.get("rate")
+        if rate is None:
+            rate = CommentedMap()
+            rule["rate"] = rate
+        for key, v in (("records_per_s", opts.records_per_s), ("bytes_per_s", opts.bytes_per_s)):
+            if v is not None:
+                rate[key] = v
+                changes.append(f"rule {rule['id']!r}: rate.{key} = {v:g}")
+    if opts.value_format is not None or opts.schema is not None:
+        value = rule.get("value")
+        if value is None:
+            value = CommentedMap()
+            rule["value"] = value
+        fmt = opts.value_format or ("json" if opts.schema else None)
+        if fmt is not None:
+            value["format"] = fmt
+            changes.append(f"rule {rule['id']!r}: value.format = {fmt}")
+        if opts.schema is not None:
+            value["schema"] = opts.schema
+            changes.append(f"rule {rule['id']!r}: value.schema = {opts.schema}")
+
+
+def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[str]:
+    """Stop ``topic`` (exact name or glob) from crossing; return what changed, in words."""
+    kind = match_kind(topic)
+    rules = _rules(doc)
+    changes: list[str] = []
+    rule = next((r for r in rules if _same_match(r.get("match"), kind, topic)), None)
+    if rule is None:
+        rule = CommentedMap()
+        rule["id"] = rule_id or _new_id(rules, "deny-" + topic.replace("*", "all"))
+        rule["match"] = _flow({kind: topic})
+        rule["action"] = "drop"
+        changes.append(f"added rule {rule['id']!r} dropping {kind} {topic}")
+        carve = True
+    elif _action(rule) != "drop":
+        changes.append(f"rule {rule['id']!r}: action {_action(rule)} -> drop")
+        rule["action"] = "drop"
+        carve = False
+    else:
+        changes.append(f"rule {rule['id']!r} already drops {kind} {topic}")
+        carve = False
+    for other in _overlapping(rules, kind, topic, rule):
+        if _action(other) != "drop" and _add_except(other, topic):
+            changes.append(f"rule {other['id']!r}: except {topic}")
+    if carve:
+        rules.append(rule)
+    return changes
+
+
+def render(doc: CommentedMap, path: Path) -> tuple[str, Policy]:
+    """The document as text, validated as if it were at ``path``."""
+    text = dump_yaml(doc)
+    return text, load_policy_text(text, path=path, display=str(path))
+
+
+def read_document(path: Path) -> CommentedMap:
+    text = path.read_text(encoding="utf-8")
+    doc = parse_yaml(text, str(path))
+    if not isinstance(doc, CommentedMap):
+        raise PolicyError(f"{path}: a policy file is a YAML mapping")
+    return doc
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` so a reader sees the old file or the new, never half."""
+    mode = None
+    with contextlib.suppress(FileNotFoundError):
+        mode = path.stat().st_mode & 0o7777
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,839 @@
+"""``ReceiverSession``: datagrams in, events out. Sans-IO: no sockets, no clocks.
+
+Owns the receiver half of the protocol: header checks, key announcements (verified at a
+bounded rate, cached by digest), per-datagram AEAD, block reassembly and FEC decoding,
+signed manifests (provenance and the record ranges of lost blocks), heartbeats (liveness,
+tail blocks, sender restarts), replay rejection, delivery in block order and gap reports.
+
+Driver API, in the style of aioquic: ``receive_datagram(data, now)`` for each datagram,
+``poll(now)`` when ``next_timer()`` is due, then drain ``next_event()`` / ``events()``.
+No input raises: every bad datagram becomes a ``DatagramRejected`` event and a counter.
+
+Provenance is strict by default: a rebuilt block is held until a signed manifest names its
+digest, and is delivered only if the digest matches. A block that no manifest covers within
+``block_timeout`` becomes a gap (reason ``"unsigned"``). Each manifest entry is repeated in
+``manifest_copies`` manifests spaced over time, so a lost manifest datagram costs nothing.
+
+State is bounded: at most ``max_open_blocks`` blocks (open or rebuilt) and verified manifest
+entries of the receive window, ``max_keys`` keys, ``max_pending_announcements`` unverified
+announcements, ``max_early_datagrams`` datagrams waiting for their key, and
+``max_retired_sessions`` remembered old session ids. Nothing is stored for a DATA datagram
+before its tag verifies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+
+from diode.errors import (
+    AuthenticationError,
+    DecodeError,
+    DiodeError,
+    FECError,
+    MalformedDatagramError,
+    RemoteProtocolError,
+    ReplayError,
+)
+from diode.protocol.crypto import (
+    SIGNATURE_SIZE,
+    TAG_SIZE,
+    ReceiverPrivateKey,
+    SessionCipher,
+    VerifyKey,
+    unwrap_session_key,
+)
+from diode.protocol.events import (
+    BlocksLost,
+    DatagramRejected,
+    Event,
+    GapDetected,
+    HeartbeatMissed,
+    HeartbeatReceived,
+    KeyRotated,
+    LinkUp,
+    ManifestVerified,
+    ReceiverCounters,
+    RecordsDelivered,
+    SessionEnded,
+    SessionStarted,
+)
+from diode.protocol.fec import get_codec
+from diode.protocol.records import Compression, Record, decode_batch, decompress
+from diode.protocol.sender import ANNOUNCE_DOMAIN
+from diode.protocol.wire import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    NONCE,
+    VERSION,
+    Announcement,
+    DatagramType,
+    Header,
+    Heartbeat,
+    ManifestEntry,
+    ProtocolConfig,
+    key_context,
+    manifest_signed_message,
+    parse_header,
+    unpack_block,
+    unpack_manifest,
+)
+
+_DATA = int(DatagramType.DATA)
+_ANNOUNCE = int(DatagramType.ANNOUNCE)
+_MANIFEST = int(DatagramType.MANIFEST)
+_HEARTBEAT = int(DatagramType.HEARTBEAT)
+_MIN_DATA = HEADER_SIZE + 1 + TAG_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiverOptions:
+    """Receiver-only limits and timeouts (not part of the config fingerprint)."""
+
+    #: hold rebuilt blocks until a signed manifest covers them (see the module docstring)
+    strict: bool = True
+    #: how long a known block may stay incomplete (or unsigned) before it becomes a gap
+    block_timeout: float = 0.5
+    #: silence after which ``HeartbeatMissed`` is raised; None: 3 heartbeat intervals + 0.1 s
+    heartbeat_timeout: float | None = None
+    max_open_blocks: int = 512
+    #: blocks ahead of the oldest unresolved one that are accepted; older ones are replays
+    receive_window: int = 4096
+    max_keys: int = 3
+    max_pending_announcements: int = 8
+    #: Ed25519 verifications of announcements per second (each costs ~140 us)
+    announce_verify_rate: float = 50.0
+    announce_verify_burst: int = 8
+    max_early_datagrams: int = 1024
+    #: how long a datagram may wait for its key announcement
+    early_timeout: float = 2.0
+    max_retired_sessions: int = 64
+    #: verified announcement digests remembered, so repeats cost a hash, not a verify
+    announcement_cache: int = 64
+
+
+class _Block:
+    __slots__ = ("data", "k", "m", "symbols", "symlen")
+
+    def __init__(self, k: int, m: int, symlen: int) -> None:
+        self.k = k
+        self.m = m
+        self.symlen = symlen
+        self.symbols: dict[int, bytes] = {}
+        self.data: bytes | None = None
+
+
+class _Session:
+    __slots__ = (
+        "accounted",
+        "base",
+        "blocks",
+        "blocks_delivered",
+        "blocks_lost",
+        "floor",
+        "head",
+        "heartbeat_seq",
+        "id",
+        "key_floor",
+        "keys",
+        "known",
+        "known_max",
+        "last_heard",
+        "manifest",
+        "silent",
+        "unaccounted",
+    )
+
+    def __init__(self, session_id: bytes, now: float) -> None:
+        self.id = session_id
+        self.keys: OrderedDict[int, SessionCipher] = OrderedDict()
+        self.key_floor = 0  # highest key id evicted: it and older ones are replays now
+        self.base: int | None = None
+        self.head = 0
+        self.blocks: dict[int, _Block] = {}
+        self.manifest: dict[int, ManifestEntry] = {}
+        self.known_max = -1
+        self.known: deque[tuple[int, float]] = deque()  # (up to block, learnt at)
+        self.last_heard = now
+        self.silent = False
+        self.heartbeat_seq = -1
+        self.blocks_delivered = 0
+        self.blocks_lost = 0
+        # per partition: [records delivered or reported lost, last such offset]
+        self.accounted: dict[tuple[str, int], list[int]] = {}
+        self.unaccounted = 0  # records owed a GapDetected once a heartbeat tells the counts
+        self.floor: dict[tuple[str, int], int] | None = None
+
+
+class ReceiverSession:
+    """The receiving end: one object for the receiver's lifetime, across sender sessions."""
+
+    def __init__(
+        self,
+        config: ProtocolConfig,
+        private_key: ReceiverPrivateKey,
+        sender_key: VerifyKey,
+        *,
+        options: ReceiverOptions | None = None,
+    ) -> None:
+        self.config = config
+        self.options = opts = options or ReceiverOptions()
+        self._private = private_key
+        self._sender_key = sender_key
+        self._codec = get_codec(config.codec)
+        self._overhead = self._codec.overhead()
+        self._fp = config.fingerprint
+        self._payload = config.payload_size
+        self._symbol = config.symbol_size
+        self._max_k = config.max_block_symbols
+        self._max_block = config.max_block_symbols * config.symbol_size
+        self._hb_timeout = (
+            opts.heartbeat_timeout
+            if opts.heartbeat_timeout is not None
+            else 3 * config.heartbeat_interval + 0.1
+        )
+        self._events: deque[Event] = deque()
+        self._session: _Session | None = None
+        self._retired: OrderedDict[bytes, None] = OrderedDict()
+        self._good: OrderedDict[bytes, None] = OrderedDict()  # verified announcement digests
+        self._bad: OrderedDict[bytes, None] = OrderedDict()
+        self._pending: OrderedDict[bytes, tuple[bytes, Header]] = OrderedDict()
+        self._early: deque[tuple[bytes, bytes, int, float]] = deque()  # data, sid, key, at
+        self._tokens = float(opts.announce_verify_burst)
+        self._tokens_at: float | None = None
+        self._rejected: Counter[str] = Counter()
+        self._n_datagrams = 0
+        self._n_bytes = 0
+        self._n_accepted = 0
+        self._n_duplicates = 0
+        self._n_redundant = 0
+        self._n_complete = 0
+        self._n_recovered = 0
+        self._n_lost = 0
+        self._n_delivered = 0
+        self._n_records_lost = 0
+        self._n_manifests = 0
+        self._n_announcements = 0
+        self._n_heartbeats = 0
+        self._n_sessions = 0
+
+    # ------------------------------------------------------------------ driver API
+
+    def receive_datagram(self, data: bytes, now: float) -> None:
+        """Handle one datagram. Never raises: problems become ``DatagramRejected``."""
+        self._n_datagrams += 1
+        self._n_bytes += len(data)
+        try:
+            self._receive(data, now)
+        except RemoteProtocolError as exc:
+            self._reject(exc.reason, str(exc))
+        except FECError as exc:
+            self._reject("fec", str(exc))
+        except DiodeError as exc:
+            self._reject("decode", str(exc))
+
+    def poll(self, now: float) -> None:
+        """Handle timers: block timeouts, liveness, queued announcements, early datagrams."""
+        self._verify_pending(now)
+        early = self._early
+        limit = now - self.options.early_timeout
+        while early and early[0][3] < limit:
+            early.popleft()
+            self._reject("unknown-key", "no verified key announcement arrived in time")
+        s = self._session
+        if s is None:
+            return
+        if not s.silent and now - s.last_heard > self._hb_timeout:
+            s.silent = True
+            self._events.append(HeartbeatMissed(s.id, now - s.last_heard))
+        self._advance(s, now)
+
+    def next_timer(self) -> float | None:
+        """When ``poll`` should next be called (a coarse bound is fine)."""
+        times: list[float] = []
+        if self._early:
+            times.append(self._early[0][3] + self.options.early_timeout)
+        if self._pending:
+            wait = max(0.0, 1.0 - self._tokens) / self.options.announce_verify_rate
+            times.append((self._tokens_at or 0.0) + wait)
+        s = self._session
+        if s is not None:
+            if not s.silent:
+                times.append(s.last_heard + self._hb_timeout)
+            if s.known and s.head <= s.known_max:
+                times.append(s.known[0][1] + self.options.block_timeout)
+        return min(times) if times else None
+
+    def next_event(self) -> Event | None:
+        return self._events.popleft() if self._events else None
+
+    def events(self) -> list[Event]:
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self._session.id if self._session else None
+
+    def counters(self) -> ReceiverCounters:
+        return ReceiverCounters(
+            datagrams=self._n_datagrams,
+            bytes=self._n_bytes,
+            accepted=self._n_accepted,
+            duplicates=self._n_duplicates,
+            redundant=self._n_redundant,
+            blocks_complete=self._n_complete,
+            blocks_recovered=self._n_recovered,
+            blocks_lost=self._n_lost,
+            records_delivered=self._n_delivered,
+            records_lost=self._n_records_lost,
+            manifests_verified=self._n_manifests,
+            announcements_verified=self._n_announcements,
+            heartbeats=self._n_heartbeats,
+            sessions=self._n_sessions,
+            rejected=dict(self._rejected),
+        )
+
+    def state_size(self) -> dict[str, int]:
+        """Sizes of every bounded structure, for tests and metrics."""
+        s = self._session
+        return {
+            "blocks": len(s.blocks) if s else 0,
+            "symbols": sum(len(b.symbols) for b in s.blocks.values()) if s else 0,
+            "manifest_entries": len(s.manifest) if s else 0,
+            "keys": len(s.keys) if s else 0,
+            "known_segments": len(s.known) if s else 0,
+            "pending_announcements": len(self._pending),
+            "early_datagrams": len(self._early),
+            "retired_sessions": len(self._retired),
+            "announcement_digests": len(self._good) + len(self._bad),
+        }
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _reject(self, reason: str, detail: str, session_id: bytes | None = None) -> None:
+        self._rejected[reason] += 1
+        self._events.append(DatagramRejected(reason, detail, session_id))
+
+    def _receive(self, data: bytes, now: float) -> None:
+        size = len(data)
+        if size < _MIN_DATA or size > self._payload:
+            parse_header(data, payload_size=self._payload, max_k=self._max_k)
+            raise MalformedDatagramError(f"datagram of {size} bytes is too short", reason="length")
+        magic, version, dtype, sid, key_id, fp, number, index, k, m, length = HEADER.unpack_from(
+            data
+        )
+        if dtype != _DATA or magic != MAGIC or version != VERSION:
+            header = parse_header(data, payload_size=self._payload, max_k=self._max_k)
+            self._check_fingerprint(header.config_fingerprint)
+            if dtype == _ANNOUNCE:
+                self._on_announcement(data, header, now)
+            else:
+                self._on_control(data, header, now)
+            return
+        if size != HEADER_SIZE + length + TAG_SIZE or length > self._symbol:
+            if length > self._symbol:
+                raise MalformedDatagramError(
+                    f"symbol length {length} exceeds the symbol size {self._symbol}",
+                    reason="length",
+                )
+            parse_header(data, payload_size=self._payload, max_k=self._max_k)
+        if fp != self._fp:
+            self._check_fingerprint(fp)
+        if not 0 < k <= self._max_k or m > k + 1 or index >= k + m or number >= 1 << 63:
+            parse_header(data, payload_size=self._payload, max_k=self._max_k)
+        s = self._session
+        cipher = s.keys.get(key_id) if s is not None and s.id == sid else None
+        if cipher is None or s is None:
+            self._unknown_key(data, sid, key_id, now)
+            return
+        head = s.head
+        if number < head:
+            if (
+                s.base is not None
+                and number >= s.base
+                and head - number <= self.options.receive_window
+            ):
+                # a late repair symbol of a block already resolved: normal, not an attack
+                self._n_redundant += 1
+                return
+            raise ReplayError(
+                f"block {number} is before the receive window (next block {head})", reason="replay"
+            )
+        block = s.blocks.get(number)
+        if block is not None:
+            if block.data is not None:
+                self._n_redundant += 1
+                return
+            if index in block.symbols:
+                self._n_duplicates += 1
+                return
+            if k != block.k or m != block.m or length != block.symlen:
+                raise MalformedDatagramError(
+                    f"block {number} shape k={k} m={m} len={length} differs from "
+                    f"k={block.k} m={block.m} len={block.symlen}",
+                    reason="field",
+                )
+        view = memoryview(data)
+        plain = cipher.open(
+            NONCE.pack(_DATA, number, index), view[HEADER_SIZE:], view[:HEADER_SIZE]
+        )
+        self._heard(s, now)
+        self._n_accepted += 1
+        if s.base is None:
+            self._set_base(s, number)
+        if number >= s.head + self.options.receive_window:
+            # authenticated, so the sender really is that far ahead: give up on the old ones
+            self._advance(s, now, force_upto=number - self.options.receive_window // 2)
+        if block is None:
+            if len(s.blocks) >= self.options.max_open_blocks:
+                self._advance(s, now, force_upto=min(number, s.head + 1))
+            block = _Block(k, m, length)
+            s.blocks[number] = block
+            if number > s.known_max:
+                s.known.append((number, now))
+                s.known_max = number
+        block.symbols[index] = plain
+        if len(block.symbols) >= k + self._overhead and self._rebuild(block, number):
+            self._advance(s, now)
+
+    def _set_base(self, s: _Session, number: int) -> None:
+        """First sign of life of a session: expect blocks from a little before ``number``.
+
+        Blocks interleaved or reordered with the first one we see may be older; the slack
+        makes them wanted (delivered or reported lost) instead of rejected as replays.
+        """
+        base = max(0, number - 2 * self.config.interleave - 2)
+        s.base = s.head = base
+        for b in [b for b in s.manifest if b < base]:
+            del s.manifest[b]
+        self._learn(s, number, s.last_heard)
+
+    def _check_fingerprint(self, fp: int) -> None:
+        if fp != self._fp:
+            raise MalformedDatagramError(
+                f"sender config fingerprint {fp:08x} differs from ours {self._fp:08x}: "
+                "the two ends are configured differently (payload size, k, m, codec, cipher, "
+                "max block symbols or heartbeat interval)",
+                reason="config",
+            )
+
+    def _heard(self, s: _Session, now: float) -> None:
+        if s.silent:
+            s.silent = False
+            self._events.append(LinkUp(s.id, now - s.last_heard))
+        s.last_heard = now
+
+    def _unknown_key(self, data: bytes, sid: bytes, key_id: int, now: float) -> None:
+        if sid in self._retired:
+            raise ReplayError("datagram of an ended session", reason="replay")
+        s = self._session
+        if s is not None and s.id == sid and key_id <= s.key_floor:
+            raise ReplayError(f"key {key_id} was retired", reason="replay")
+        # the announcement may still come (or wait for its verification): keep it, bounded
+        if len(self._early) >= self.options.max_early_datagrams:
+            self._early.popleft()
+            self._reject("unknown-key", "early-datagram buffer full; oldest dropped")
+        self._early.append((data, sid, key_id, now))
+
+    # ------------------------------------------------------------------ blocks
+
+    def _rebuild(self, block: _Block, number: int) -> bool:
+        k = block.k
+        symbols = block.symbols
+        try:
+            source = self._codec.decode(k, block.m, symbols)
+        except FECError:
+            if len(symbols) >= k + block.m:
+                raise
+            return False  # a non-MDS code may need one more symbol
+        complete = all(i in symbols for i in range(k))
+        block.data = b"".join(source)
+        block.symbols = {}
+        if complete:
+            self._n_complete += 1
+        else:
+            self._n_recovered += 1
+        return True
+
+    def _deadline_passed(self, s: _Session, number: int, now: float) -> bool:
+        known = s.known
+        while len(known) > 1 and known[0][0] < s.head:
+            known.popleft()
+        for upto, at in known:
+            if upto >= number:
+                return now >= at + self.options.block_timeout
+        return False
+
+    def _learn(self, s: _Session, number: int, now: float) -> None:
+        if number > s.known_max:
+            s.known.append((number, now))
+            s.known_max = number
+
+    def _advance(self, s: _Session, now: float, force_upto: int = -1) -> None:
+        """Resolve blocks in block order as far as possible; ``force_upto``: resolve below it."""
+        strict = self.options.strict
+        blocks = s.blocks
+        manifest = s.manifest
+        while True:
+            b = s.head
+            forced = b < force_upto
+            block = blocks.get(b)
+            entry = manifest.get(b)
+            if block is not None and block.data is not None:
+                if entry is None and strict:
+                    if not forced and not self._deadline_passed(s, b, now):
+                        return
+                    self._lose(s, b, None, "unsigned")
+                    continue
+                if entry is not None and hashlib.sha256(block.data).digest() != entry.digest:
+                    self._lose(s, b, entry, "digest")
+                    continue
+                self._deliver(s, b, block, entry)
+                continue
+            if not forced and (b > s.known_max or not self._deadline_passed(s, b, now)):
+                return
+            if block is not None and len(block.symbols) >= block.k and self._try_last(block, b):
+                continue
+            if block is not None or entry is not None:
+                self._lose(s, b, entry, "lost" if not forced else "overload")
+                continue
+            # a run of blocks nothing is known about: one event, jump over it
+            end = s.known_max if not forced else force_upto - 1
+            if blocks:
+                end = min(end, min(blocks) - 1)
+            if manifest:
+                end = min(end, min(manifest) - 1)
+            if not forced:
+                for upto, _at in s.known:
+                    if upto >= b:
+                        end = min(end, upto)
+                        break
+            self._lose_run(s, b, max(b, end), "lost" if not forced else "overload")
+
+    def _try_last(self, block: _Block, number: int) -> bool:
+        try:
+            return self._rebuild(block, number)
+        except FECError:
+            return False
+
+    def _finish(self, s: _Session, b: int) -> None:
+        s.blocks.pop(b, None)
+        s.manifest.pop(b, None)
+        s.head = b + 1
+
+    def _deliver(self, s: _Session, b: int, block: _Block, entry: ManifestEntry | None) -> None:
+        assert block.data is not None
+        try:
+            records = self._parse_block(block.data)
+        except DecodeError as exc:
+            self._reject("decode", f"block {b}: {exc}", s.id)
+            self._lose(s, b, entry, "decode")
+            return
+        self._finish(s, b)
+        s.blocks_delivered += 1
+        self._n_delivered += len(records)
+        accounted = s.accounted
+        if entry is not None:
+            for rng in entry.ranges:
+                acc = accounted.setdefault((rng.topic, rng.partition), [0, -1])
+                acc[0] += rng.count
+                acc[1] = rng.last_offset
+        else:
+            for tp, count in Counter((r.topic, r.partition) for r in records).items():
+                acc = accounted.setdefault(tp, [0, -1])
+                acc[0] += count
+            for r in records:
+                accounted[(r.topic, r.partition)][1] = r.offset
+        self._events.append(RecordsDelivered(s.id, b, tuple(records)))
+
+    def _parse_block(self, data: bytes) -> list[Record]:
+        batch, raw_length, count, compression = unpack_block(data, max_size=self._max_block)
+        if count > raw_length:
+            raise DecodeError(f"block announces {count} records in {raw_length} bytes")
+        if compression != Compression.NONE:
+            batch = decompress(batch, compression, max_size=raw_length)
+        if len(batch) != raw_length:
+            raise DecodeError(f"batch is {len(batch)} bytes, block header says {raw_length}")
+        records = decode_batch(batch, max_records=count)
+        if len(records) != count:
+            raise DecodeError(f"batch holds {len(records)} records, block header says {count}")
+        return records
+
+    def _lose(self, s: _Session, b: int, entry: ManifestEntry | None, reason: str) -> None:
+        self._finish(s, b)
+        s.blocks_lost += 1
+        self._n_lost += 1
+        if entry is None:
+            self._events.append(BlocksLost(s.id, b, b, reason))
+            self._note_unaccounted(s)
+            return
+        for rng in entry.ranges:
+            acc = s.accounted.setdefault((rng.topic, rng.partition), [0, -1])
+            acc[0] += rng.count
+            acc[1] = rng.last_offset
+            self._n_records_lost += rng.count
+            self._events.append(
+                GapDetected(
+                    s.id,
+                    rng.topic,
+                    rng.partition,
+                    rng.first_offset,
+                    rng.last_offset,
+                    rng.count,
+                    reason,
+                    b,
+                )
+            )
+
+    def _lose_run(self, s: _Session, first: int, last: int, reason: str) -> None:
+        # the caller stops the run before any block or manifest entry we hold
+        n = last - first + 1
+        s.head = last + 1
+        s.blocks_lost += n
+        self._n_lost += n
+        self._events.append(BlocksLost(s.id, first, last, reason))
+        self._note_unaccounted(s)
+
+    def _note_unaccounted(self, s: _Session) -> None:
+        if s.floor is None:
+            s.floor = {tp: acc[1] for tp, acc in s.accounted.items()}
+        s.unaccounted += 1
+
+    # ------------------------------------------------------------------ control datagrams
+
+    def _on_control(self, data: bytes, header: Header, now: float) -> None:
+        s = self._session
+        cipher = s.keys.get(header.key_id) if s is not None and s.id == header.session_id else None
+        if cipher is None or s is None:
+            self._unknown_key(data, header.session_id, header.key_id, now)
+            return
+        view = memoryview(data)
+        plain = cipher.open(
+            NONCE.pack(header.type, header.number, 0), view[HEADER_SIZE:], view[:HEADER_SIZE]
+        )
+        self._heard(s, now)
+        self._n_accepted += 1
+        if header.type == DatagramType.MANIFEST:
+            self._on_manifest(s, header.number, plain, now)
+        else:
+            self._on_heartbeat(s, header.number, plain, now)
+
+    def _on_manifest(self, s: _Session, seq: int, plain: bytes, now: float) -> None:
+        body, entries, signature = unpack_manifest(plain, max_entries=self._payload // 40 + 1)
+        window_end = s.head + self.options.receive_window
+        fresh = [
+            e
+            for e in entries
+            if e.block not in s.manifest
+            and e.block < window_end
+            and (s.base is None or e.block >= s.head)
+        ]
+        if not fresh:
+            self._n_redundant += 1
+            return
+        # the manifest already passed the AEAD under a signed key, so only the sender (or we)
+        # could have made it: verifying its signature is not a flood risk
+        self._sender_key.verify(signature, manifest_signed_message(s.id, seq, body))
+        self._n_manifests += 1
+        for e in fresh:
+            s.manifest[e.block] = e
+            self._learn(s, e.block, now)
+        self._events.append(
+            ManifestVerified(
+                s.id,
+                seq,
+                min(e.block for e in entries),
+                max(e.block for e in entries),
+                len(entries),
+            )
+        )
+        if s.base is not None:
+            self._advance(s, now)
+
+    def _on_heartbeat(self, s: _Session, seq: int, plain: bytes, now: float) -> None:
+        hb = Heartbeat.unpack(plain)
+        if seq <= s.heartbeat_seq:
+            self._n_redundant += 1  # reordered: an older view than one we already have
+            return
+        s.heartbeat_seq = seq
+        self._n_heartbeats += 1
+        self._events.append(
+            HeartbeatReceived(
+                s.id,
+                seq,
+                hb.next_block,
+                hb.records_sent,
+                hb.record_bytes_sent,
+                hb.datagrams_sent,
+                hb.policy_fingerprint,
+                hb.marks,
+            )
+        )
+        if s.base is None:
+            self._set_base(s, hb.next_block)
+        if hb.next_block > 0:
+            self._learn(s, hb.next_block - 1, now)
+        self._advance(s, now)
+        if s.unaccounted and s.base == 0:
+            self._reconcile(s, hb)
+
+    def _reconcile(self, s: _Session, hb: Heartbeat) -> None:
+        """Name the records of blocks lost without a manifest, from the heartbeat's counts."""
+        floor = s.floor or {}
+        for mark in hb.marks:
+            if s.head <= mark.last_block:
+                continue  # blocks of this partition are still open
+            tp = (mark.topic, mark.partition)
+            acc = s.accounted.setdefault(tp, [0, -1])
+            missing = mark.records - acc[0]
+            if missing <= 0:
+                continue
+            acc[0] += missing
+            self._n_records_lost += missing
+            self._events.append(
+                GapDetected(
+                    s.id,
+                    mark.topic,
+                    mark.partition,
+                    floor.get(tp, -1) + 1,
+                    mark.last_offset,
+                    missing,
+                    "unaccounted",
+                    mark.last_block,
+                )
+            )
+
+    # ------------------------------------------------------------------ announcements
+
+    def _on_announcement(self, data: bytes, header: Header, now: float) -> None:
+        digest = hashlib.sha256(data).digest()
+        if digest in self._good:
+            self._n_redundant += 1
+            return
+        if digest in self._bad:
+            raise AuthenticationError("announcement signature did not verify (seen before)")
+        if header.session_id in self._retired:
+            raise ReplayError("announcement of an ended session", reason="replay")
+        if digest in self._pending:
+            self._n_duplicates += 1
+            return
+        self._refill(now)
+        if self._tokens >= 1 and not self._pending:
+            self._tokens -= 1
+            self._verify_announcement(data, header, digest, now)
+            return
+        if len(self._pending) >= self.options.max_pending_announcements:
+            raise RemoteProtocolError(
+                f"{len(self._pending)} announcements already wait for verification",
+                reason="rate-limited",
+            )
+        self._pending[digest] = (data, header)
+
+    def _refill(self, now: float) -> None:
+        opts = self.options
+        if self._tokens_at is not None:
+            self._tokens = min(
+                float(opts.announce_verify_burst),
+                self._tokens + (now - self._tokens_at) * opts.announce_verify_rate,
+            )
+        self._tokens_at = now
+
+    def _verify_pending(self, now: float) -> None:
+        if not self._pending:
+            return
+        self._refill(now)
+        while self._pending and self._tokens >= 1:
+            self._tokens -= 1
+            digest, (data, header) = self._pending.popitem(last=False)
+            try:
+                self._verify_announcement(data, header, digest, now)
+            except RemoteProtocolError as exc:
+                self._reject(exc.reason, str(exc))
+        if self._pending:
+            self._tokens_at = now
+
+    def _remember(self, cache: OrderedDict[bytes, None], digest: bytes) -> None:
+        cache[digest] = None
+        while len(cache) > self.options.announcement_cache:
+            cache.popitem(last=False)
+
+    def _verify_announcement(self, data: bytes, header: Header, digest: bytes, now: float) -> None:
+        body = data[HEADER_SIZE:-SIGNATURE_SIZE]
+        signature = data[-SIGNATURE_SIZE:]
+        if not self._sender_key.is_valid(signature, ANNOUNCE_DOMAIN + data[:HEADER_SIZE] + body):
+            self._remember(self._bad, digest)
+            raise AuthenticationError("announcement signature did not verify")
+        announcement = Announcement.unpack(body)
+        if announcement.cipher != self.config.cipher:
+            raise MalformedDatagramError(
+                f"announcement is for cipher {announcement.cipher.name}, we use "
+                f"{self.config.cipher.name}",
+                reason="config",
+            )
+        sid = header.session_id
+        if sid in self._retired:
+            raise ReplayError("announcement of an ended session", reason="replay")
+        ctx = key_context(sid, header.key_id, announcement.cipher, header.config_fingerprint)
+        key = unwrap_session_key(self._private, announcement.wrapped_key, ctx)
+        self._remember(self._good, digest)
+        self._n_announcements += 1
+        s = self._session
+        if s is None or s.id != sid:
+            s = self._start_session(sid, header.key_id, now)
+        if header.key_id in s.keys or header.key_id <= s.key_floor:
+            return  # known, or an old key of this session re-announced late
+        newest = next(reversed(s.keys)) if s.keys else None
+        s.keys[header.key_id] = SessionCipher(announcement.cipher, key)
+        s.keys = OrderedDict(sorted(s.keys.items()))
+        while len(s.keys) > self.options.max_keys:
+            s.key_floor = s.keys.popitem(last=False)[0]
+        if newest is not None and header.key_id > newest:
+            self._events.append(KeyRotated(sid, header.key_id, newest))
+        self._replay_early(sid, header.key_id, now)
+
+    def _start_session(self, sid: bytes, key_id: int, now: float) -> _Session:
+        old = self._session
+        previous = None
+        if old is not None:
+            previous = old.id
+            self._advance(old, now, force_upto=old.known_max + 1)
+            self._events.append(SessionEnded(old.id, old.blocks_delivered, old.blocks_lost))
+            self._retired[old.id] = None
+            while len(self._retired) > self.options.max_retired_sessions:
+                self._retired.popitem(last=False)
+        s = _Session(sid, now)
+        self._session = s
+        self._n_sessions += 1
+        self._events.append(SessionStarted(sid, old is not None, previous, key_id))
+        self._events.append(LinkUp(sid, None))
+        # datagrams of other sessions waiting for a key: the old one's are replays now
+        if previous is not None:
+            kept: deque[tuple[bytes, bytes, int, float]] = deque()
+            for item in self._early:
+                if item[1] == previous:
+                    self._reject("replay", "datagram of an ended session", previous)
+                else:
+                    kept.append(item)
+            self._early = kept
+        return s
+
+    def _replay_early(self, sid: bytes, key_id: int, now: float) -> None:
+        waiting = [item for item in self._early if item[1] == sid and item[2] == key_id]
+        if not waiting:
+            return
+        self._early = deque(
+            item for item in self._early if not (item[1] == sid and item[2] == key_id)
+        )
+        for data, _, _, _ in waiting:
+            try:
+                self._receive(data, now)
+            except RemoteProtocolError as exc:
+                self._reject(exc.reason, str(exc), sid)
+            except FECError as exc:
+                self._reject("fec", str(exc), sid)
+            except DiodeError as exc:
+                self._reject("decode", str(exc), sid)
