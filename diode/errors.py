@@ -20,6 +20,7 @@ it into a counter, an event or a clear message, never into a crash::
     +-- AuditError                  the audit log cannot be written or read
     |   +-- AuditVerificationError  the chain is broken: names the first bad entry
     +-- KafkaError                  a Kafka cluster did something we cannot handle
+    +-- TransportError              a socket refused a datagram for good (EMSGSIZE, ...)
     +-- ServiceError                a long-running program cannot go on
 """
 
@@ -109,6 +110,17 @@ class AuditVerificationError(AuditError):
 
 class KafkaError(DiodeError):
     """A Kafka cluster did something the diode cannot handle."""
+
+
+class TransportError(DiodeError):
+    """A socket refused an operation for good (a datagram too large, a send buffer that never
+    drained). ``errno`` is the OS error number when there is one; ``sent`` says how many
+    datagrams of the batch went out before the failure, so the caller knows where to resume."""
+
+    def __init__(self, message: str, *, errno: int | None = None, sent: int = 0) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.sent = sent
 
 
 class ServiceError(DiodeError):

@@ -113,6 +113,7 @@ def parse_time(text: str) -> float:
 # --------------------------------------------------------------------------- fields
 
 _SCALARS = (str, int, float, bool, type(None))
+_PLAIN = frozenset({str, int, bool, type(None)})
 
 
 def check_fields(fields: Mapping[str, object]) -> None:
@@ -132,7 +133,8 @@ def _check_mapping(obj: Mapping[Any, object], path: str, depth: int) -> None:
     for key, value in obj.items():
         if not isinstance(key, str):
             raise AuditError(f"{path}: key {key!r} is {type(key).__name__}, keys must be str")
-        _check_value(value, f"{path}.{key}", depth + 1)
+        if type(value) not in _PLAIN:  # the common case costs one set lookup
+            _check_value(value, f"{path}.{key}", depth + 1)
 
 
 def _check_value(value: object, path: str, depth: int) -> None:

@@ -326,16 +326,47 @@ class _ChainVerifier:
             self._problem(ProblemKind.EDITED, item, entry.seq, f"the entry was changed: {what}")
             self._accept(item, entry)
             return
-        if entry.event == AuditEvent.CHAIN_START and self._starts_chain(entry):
+        if (
+            entry.event == AuditEvent.CHAIN_START
+            and self._starts_chain(entry)
+            and entry.fields.get("chain_id") not in st.chain_ids
+        ):
             self._new_chain(item, entry)
             return
-        if st.expect is None:
+        if st.expect is None and not self._start_found_later(item, stream):
             self._first_entry(item, entry)
         else:
+            assert st.expect is not None
             links = entry.seq == st.expect and (st.prev is None or entry.prev == st.prev)
-            if not links and not self._out_of_place(item, entry, stream):
+            if not links and len(self._problems) >= MAX_PROBLEMS:
+                # past the report limit: count, and follow the file without classifying
+                self._more += 1
+            elif not links and not self._out_of_place(item, entry, stream):
                 return  # skipped: the entry does not belong here
         self._accept(item, entry)
+
+    def _start_found_later(self, item: _Item, stream: _Peekable) -> bool:
+        """The series does not begin with its chain_start: is it a little further on?"""
+        if self._partial:
+            return False
+        for a in stream.peek(LOOKAHEAD):
+            start = a.entry
+            if (
+                start is not None
+                and start.intact
+                and start.event == AuditEvent.CHAIN_START
+                and self._starts_chain(start)
+            ):
+                self._problem(
+                    ProblemKind.REORDERED,
+                    item,
+                    item.entry.seq if item.entry is not None else None,
+                    f"out of order: the chain begins with chain_start at {a.file}:{a.line}",
+                )
+                self._taken.add(id(a))
+                self._new_chain(a, start)
+                return True
+        return False
 
     def _starts_chain(self, entry: Entry) -> bool:
         chain_id = entry.fields.get("chain_id")

@@ -527,6 +527,10 @@ class AuditLog:
             self._queue.append(control)
             self._wake.set()
             self._thread.join()
+            # an append racing with close may have queued behind the stop request
+            while self._queue:
+                if not isinstance(self._queue.popleft(), _Control):
+                    self._dropped_total += 1
         with self._lock:
             if self._failure is None:
                 try:

@@ -6,8 +6,10 @@ import click
 
 
 def all_commands() -> list[click.Command]:
+    from diode.cli.audit import audit
     from diode.cli.keys import keys
     from diode.cli.policy import policy
+    from diode.cli.simulate import simulate
 
-    commands: list[click.Command] = [keys, policy]
+    commands: list[click.Command] = [audit, keys, policy, simulate]
     return commands

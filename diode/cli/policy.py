@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import IO
 
 import click
+from ruamel.yaml.comments import CommentedMap
 
 from diode.errors import DecodeError, PolicyError, PolicyValidationError
 from diode.policy import edit
@@ -176,10 +177,7 @@ def show(file: Path) -> None:
         click.echo(f"quarantine topic (OT side): {m.quarantine_topic}")
 
 
-def _write_edit(file: Path, doc: object, changes: list[str], dry_run: bool) -> None:
-    from ruamel.yaml.comments import CommentedMap
-
-    assert isinstance(doc, CommentedMap)
+def _write_edit(file: Path, doc: CommentedMap, changes: list[str], dry_run: bool) -> None:
     try:
         text, pol = edit.render(doc, file)
     except PolicyValidationError as exc:
@@ -195,7 +193,7 @@ def _write_edit(file: Path, doc: object, changes: list[str], dry_run: bool) -> N
     click.echo(f"wrote {file} (fingerprint {pol.fingerprint})")
 
 
-def _document(file: Path) -> object:
+def _document(file: Path) -> CommentedMap:
     try:
         return edit.read_document(file)
     except PolicyValidationError as exc:
@@ -256,7 +254,7 @@ def allow(
         rule_id=rule_id,
     )
     try:
-        changes = edit.allow(doc, topic, opts, regex=regex)  # type: ignore[arg-type]
+        changes = edit.allow(doc, topic, opts, regex=regex)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     _write_edit(file, doc, changes, dry_run)
@@ -279,7 +277,7 @@ def deny(file: Path, topic: str, rule_id: str | None, dry_run: bool) -> None:
     """
     doc = _document(file)
     try:
-        changes = edit.deny(doc, topic, rule_id=rule_id)  # type: ignore[arg-type]
+        changes = edit.deny(doc, topic, rule_id=rule_id)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     _write_edit(file, doc, changes, dry_run)

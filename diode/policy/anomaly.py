@@ -113,11 +113,20 @@ class RateMonitor:
 
 
 class SizeMonitor:
-    __slots__ = ("cfg", "ewma")
+    __slots__ = ("cfg", "ewma", "floor2", "limit2")
 
     def __init__(self, cfg: SizeDetector) -> None:
         self.cfg = cfg
         self.ewma = Ewma(cfg.alpha)
+        #: z**2, and (z * the floor on the deviation)**2: a record whose squared distance
+        #: from the mean is below both cannot be an outlier, whatever the exact spread
+        self.limit2 = cfg.z * cfg.z
+        self.floor2 = 0.0
+
+    def rescale(self) -> None:
+        """Refresh the cached floor; cheap, called as the mean moves."""
+        floor = max(self.cfg.min_std_fraction * self.ewma.mean, 1.0)
+        self.floor2 = self.limit2 * floor * floor
 
     def observe(self, size: int, topic: str, rule: str) -> Finding | None:
         ewma = self.ewma
@@ -136,62 +145,84 @@ class SizeMonitor:
                     f"(z={z:+.1f}, limit {self.cfg.z:g})",
                 )
         ewma.update(float(size))
+        self.rescale()
         return finding
 
 
 class FieldMonitor:
-    """Drift of one numeric field: fast EWMA of the values against a slow EWMA baseline."""
+    """Drift of one numeric field: an EWMA control chart.
 
-    __slots__ = ("alarmed", "cfg", "fast", "path", "slow")
+    During warm-up the baseline mean and standard deviation are learnt from the values
+    themselves. Afterwards the fast EWMA of the values is compared with the baseline mean, in
+    units of the fast EWMA's own spread (``std * sqrt(a / (2 - a))``), so a sudden jump and a
+    slow creep both stand out. The baseline keeps adapting slowly (mean with ``alpha_slow``,
+    spread ten times slower, each step clipped at 4 sigma) so that a drift is not absorbed
+    into the baseline before it is seen, while a lasting new level is eventually accepted.
+    One alarm is raised per episode; it re-arms once back within half the threshold.
+    """
+
+    __slots__ = ("alarmed", "cfg", "fast", "m2", "mean", "n", "path", "scale", "var")
 
     def __init__(self, path: str, cfg: FieldDetector) -> None:
         self.path = path
         self.cfg = cfg
-        self.slow = Ewma(cfg.alpha_slow)
+        self.n = 0
+        self.mean = 0.0
+        self.m2 = 0.0
+        self.var = 0.0
         self.fast = 0.0
         self.alarmed = False
+        self.scale = math.sqrt(cfg.alpha_fast / (2.0 - cfg.alpha_fast))
 
     def observe(self, x: float, topic: str, rule: str) -> Finding | None:
-        slow = self.slow
         cfg = self.cfg
-        finding = None
-        n = slow.n
-        if n == 0:
-            self.fast = x
-            slow.mean = x
-            slow.n = 1
+        n = self.n
+        if n < cfg.warmup:
+            # Welford's running mean and variance over the warm-up
+            self.fast = x if n == 0 else self.fast + cfg.alpha_fast * (x - self.fast)
+            n += 1
+            d = x - self.mean
+            self.mean += d / n
+            self.m2 += d * (x - self.mean)
+            self.n = n
+            if n == cfg.warmup:
+                self.var = self.m2 / max(n - 1, 1)
             return None
         fast = self.fast = self.fast + cfg.alpha_fast * (x - self.fast)
-        mean = slow.mean
-        if n >= cfg.warmup:
-            std = math.sqrt(slow.var)
-            if std < cfg.min_std:
-                std = cfg.min_std
-            if std < 1e-9:
-                std = 1e-9
-            z = (fast - mean) / std
-            az = z if z >= 0 else -z
-            if az > cfg.z:
-                if not self.alarmed:
-                    self.alarmed = True
-                    finding = Finding(
-                        f"field:{self.path}",
-                        topic,
-                        rule,
-                        fast,
-                        mean + math.copysign(cfg.z * std, z),
-                        f"{self.path} averages {fast:.6g} against a baseline of "
-                        f"{mean:.6g} (z={z:+.1f}, limit {cfg.z:g})",
-                    )
-            elif az < cfg.z / 2:
-                # re-arm only once clearly back to normal, so one drift is one alarm
-                self.alarmed = False
-        # the slow baseline's EWMA update, inlined (Ewma.update) because this runs per record
-        a = slow.alpha
+        mean = self.mean
+        std = math.sqrt(self.var)
+        if std < cfg.min_std:
+            std = cfg.min_std
+        if std < 1e-9:
+            std = 1e-9
+        z = (fast - mean) / (std * self.scale)
+        az = z if z >= 0 else -z
+        finding = None
+        if az > cfg.z:
+            if not self.alarmed:
+                self.alarmed = True
+                finding = Finding(
+                    f"field:{self.path}",
+                    topic,
+                    rule,
+                    fast,
+                    mean + math.copysign(cfg.z * std * self.scale, z),
+                    f"{self.path} averages {fast:.6g} against a baseline of "
+                    f"{mean:.6g} (z={z:+.1f}, limit {cfg.z:g})",
+                )
+        elif az < cfg.z / 2:
+            self.alarmed = False
         d = x - mean
-        slow.mean = mean + a * d
-        slow.var = (1.0 - a) * (slow.var + a * d * d)
-        slow.n = n + 1
+        bound = 4.0 * std
+        if d > bound:
+            d = bound
+        elif d < -bound:
+            d = -bound
+        a = cfg.alpha_slow
+        self.mean = mean + a * d
+        b = a * 0.1
+        self.var = (1.0 - b) * (self.var + b * d * d)
+        self.n = n + 1
         return finding
 
 
@@ -232,7 +263,8 @@ class SilenceMonitor:
 
     def observe(self, now: float) -> None:
         last = self.last
-        if last is not None and now >= last:
+        # a gap already reported as silence is an outage, not the topic's usual rhythm
+        if last is not None and now >= last and not self.reported:
             self.gaps.update(now - last)
         self.last = now
         self.seen += 1
@@ -306,12 +338,22 @@ class TopicMonitor:
         sm = self.size
         if sm is not None:
             ew = sm.ewma
-            if ew.n >= sm.cfg.warmup:
+            mean = ew.mean
+            d = size - mean
+            if ew.n >= sm.cfg.warmup and (d * d > sm.limit2 * ew.var or d * d > sm.floor2):
+                # maybe an outlier: the exact test (and the finding) in the slow path
                 f = sm.observe(size, self.topic, self.rule)
                 if f is not None:
                     out = [*(out or ()), f]
-            else:
+            elif ew.n == 0:
                 ew.update(float(size))
+            else:
+                a = ew.alpha
+                ew.mean = mean + a * d
+                ew.var = (1.0 - a) * (ew.var + a * d * d)
+                ew.n += 1
+                if ew.n >= sm.cfg.warmup:
+                    sm.rescale()
         ts = self.timestamp
         if ts is not None:
             skew = ts_ms / 1000.0 - now

@@ -73,10 +73,10 @@ class Policy:
     def violation_action(self, rule: Rule, kind: str) -> ViolationAction:
         """The action for a violation of ``kind`` under ``rule``: rule, then defaults."""
         own = getattr(rule.on_violation, _attr(kind))
-        if own is not None:
-            return own  # type: ignore[no-any-return]
+        if isinstance(own, ViolationAction):
+            return own
         dflt = getattr(self.model.defaults.on_violation, _attr(kind))
-        return dflt if dflt is not None else DEFAULT_ON_VIOLATION[kind]
+        return dflt if isinstance(dflt, ViolationAction) else DEFAULT_ON_VIOLATION[kind]
 
     def quarantine_topic(self, rule: Rule) -> str | None:
         return rule.quarantine_topic or self.model.quarantine_topic

@@ -317,8 +317,9 @@ def _contains_repeat(items: list[tuple[Any, Any]]) -> bool:
     return False
 
 
-def _single_set(op: Any, av: Any, flags: int) -> tuple[int, bool] | None:
-    """(characters, mandatory) of a one-character element, or None if it is anything else."""
+def _edge_set(op: Any, av: Any, flags: int, *, last: bool) -> tuple[int, bool] | None:
+    """(characters, mandatory) that can end (``last``) or start one element of a pattern,
+    or None if that cannot be told simply (nested repeats of groups, lookaround...)."""
     if op in _SINGLE:
         return _charset(op, av, flags, _BYTES), True
     if op in _REPEATS:
@@ -326,33 +327,45 @@ def _single_set(op: Any, av: Any, flags: int) -> tuple[int, bool] | None:
         body = list(body)
         if len(body) == 1 and body[0][0] in _SINGLE:
             return _charset(body[0][0], body[0][1], flags, _BYTES), lo >= 1
+        return None
+    if op is sre_c.SUBPATTERN:
+        _group, add, delete, sub = av
+        return _seq_edge(list(sub), (flags | add) & ~delete, last=last)
+    if op is sre_c.BRANCH:
+        acc = 0
+        mandatory = True
+        for alt in av[1]:
+            one = _seq_edge(list(alt), flags, last=last)
+            if one is None:
+                return None
+            acc |= one[0]
+            mandatory = mandatory and one[1]
+        return acc, mandatory
     return None
+
+
+def _seq_edge(items: list[tuple[Any, Any]], flags: int, *, last: bool) -> tuple[int, bool] | None:
+    acc = 0
+    for op, av in reversed(items) if last else items:
+        one = _edge_set(op, av, flags, last=last)
+        if one is None:
+            return None
+        acc |= one[0]
+        if one[1]:
+            return acc, True
+    return acc, False
 
 
 def _set_before(items: list[tuple[Any, Any]], pos: int, flags: int) -> int | None:
     """Characters that can end the match just before ``items[pos]``, within its sequence."""
-    acc = 0
-    for op, av in reversed(items[:pos]):
-        one = _single_set(op, av, flags)
-        if one is None:
-            return None
-        acc |= one[0]
-        if one[1]:
-            return acc
-    return None
+    edge = _seq_edge(items[:pos], flags, last=True)
+    return edge[0] if edge is not None and edge[1] else None
 
 
 def _set_after(items: list[tuple[Any, Any]], pos: int, flags: int) -> int | None:
     """Characters that can start the match just after ``items[pos]``, within its sequence."""
-    acc = 0
-    for op, av in items[pos + 1 :]:
-        one = _single_set(op, av, flags)
-        if one is None:
-            return None
-        acc |= one[0]
-        if one[1]:
-            return acc
-    return None
+    edge = _seq_edge(items[pos + 1 :], flags, last=False)
+    return edge[0] if edge is not None and edge[1] else None
 
 
 # --- topic patterns ------------------------------------------------------------------------

@@ -10,10 +10,13 @@ class TokenBucket:
     refills nothing rather than draining the bucket.
     """
 
-    __slots__ = ("burst", "last", "rate", "tokens")
+    __slots__ = ("burst", "last", "rate", "slack", "tokens")
 
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
+        # UNIX seconds as floats resolve only ~0.2 us today: forgive one microsecond of refill
+        # so that exactly 1/rate seconds always earns exactly one token
+        self.slack = rate * 1e-6
         self.burst = burst
         self.tokens = burst
         self.last: float | None = None
@@ -34,7 +37,7 @@ class TokenBucket:
     def take(self, amount: float, now: float) -> bool:
         """Take ``amount`` tokens if there are that many; report whether it did."""
         self.refill(now)
-        if self.tokens >= amount:
+        if self.tokens >= amount - self.slack:
             self.tokens -= amount
             return True
         return False
@@ -72,11 +75,11 @@ class RateLimiter:
         byt = self.bytes
         if rec is not None:
             rec.refill(now)
-            if rec.tokens < 1.0:
+            if rec.tokens < 1.0 - rec.slack:
                 return f"rate: more than {rec.rate:g} records/s (burst {rec.burst:g})"
         if byt is not None:
             byt.refill(now)
-            if byt.tokens < size:
+            if byt.tokens < size - byt.slack:
                 return f"rate: more than {byt.rate:g} bytes/s (burst {byt.burst:g})"
         if rec is not None:
             rec.tokens -= 1.0

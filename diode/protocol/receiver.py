@@ -187,8 +187,8 @@ class ReceiverSession:
         self._fp = config.fingerprint
         self._payload = config.payload_size
         self._symbol = config.symbol_size
-        self._max_k = config.max_block_symbols
-        self._max_block = config.max_block_symbols * config.symbol_size
+        self._max_k = config.max_k
+        self._max_block = config.max_k * config.symbol_size
         self._hb_timeout = (
             opts.heartbeat_timeout
             if opts.heartbeat_timeout is not None

@@ -63,6 +63,8 @@ ANNOUNCE_DOMAIN = b"kafka-data-diode v1 announce"
 _BATCH_HEADER_MAX = 5
 #: extra announcements right after the start, in seconds after it: the first may be lost
 _START_ANNOUNCE_AT = (0.0, 0.02, 0.1, 0.3)
+#: data datagrams between two repeats of the key announcements (about 0.2% overhead)
+_ANNOUNCE_EVERY = 1024
 
 _DATA = int(DatagramType.DATA)
 _MANIFEST = int(DatagramType.MANIFEST)
@@ -129,9 +131,7 @@ class SenderSession:
 
         # a full block holds this many bytes of encoded records
         self._capacity = config.k * self._symbol - BLOCK_HEADER_SIZE - _BATCH_HEADER_MAX
-        self.max_record_size = (
-            config.max_block_symbols * self._symbol - BLOCK_HEADER_SIZE - _BATCH_HEADER_MAX
-        )
+        self.max_record_size = config.max_k * self._symbol - BLOCK_HEADER_SIZE - _BATCH_HEADER_MAX
         # a manifest entry must fit one manifest datagram: bounds partitions per block
         self._manifest_room = config.payload_size - HEADER_SIZE - TAG_SIZE - SIGNATURE_SIZE - 4
 
@@ -174,6 +174,7 @@ class SenderSession:
         self._n_manifest = 0
         self._n_heartbeat = 0
 
+        self._since_announce = 0
         self._current = self._make_key(now)
         self._next = self._make_key(now)
         self._events.append(SessionStarted(self.session_id, False, None, self._current.key_id))
@@ -218,11 +219,14 @@ class SenderSession:
         self._current.created = now
         self._next = self._make_key(now)
         self._events.append(KeyRotated(self.session_id, self._current.key_id, previous.key_id))
-        # the new next key is announced at once; the current one was announced all along
-        self._emit(self._next.announcement)
-        self._n_announce += 1
+        # announce both at once and a few times soon after: the pre-announcement of the
+        # key now in use may have been lost, and fast volume rotation leaves little time
+        self._announce()
+        self._announce_plan = deque(now + t for t in _START_ANNOUNCE_AT[1:])
+        self._since_announce = 0
 
     def _announce(self) -> None:
+        self._since_announce = 0
         for key in (self._current, self._next):
             self._emit(key.announcement)
             self._n_announce += 1
@@ -231,11 +235,12 @@ class SenderSession:
 
     def add(self, record: Record, now: float) -> list[bytes]:
         """Queue one record; returns datagrams ready to send (often none)."""
-        out = self._outbox
         self._add(record, encode_record(record), now)
+        out = self._outbox
         if out:
             self._outbox = []
-        return out
+            return out
+        return []
 
     def add_many(self, records: Iterable[Record], now: float) -> list[bytes]:
         """Queue records in order; returns datagrams ready to send."""
@@ -329,6 +334,10 @@ class SenderSession:
             header = prefix + tail(number, index, k, m, symlen)
             datagrams.append(header + seal(nonce(_DATA, number, index), symbol, header))
         key.bytes_used += len(symbols) * symlen
+        # under load, time-based repeats are far apart in datagrams: repeat by count too
+        self._since_announce += len(symbols)
+        if self._since_announce >= _ANNOUNCE_EVERY:
+            self._announce()
 
         last: dict[tuple[str, int], int] = {}
         ranges = []

@@ -113,8 +113,9 @@ class ProtocolConfig:
     manifest_copies: int = 3
     key_rotation_seconds: float = 3600.0
     key_rotation_bytes: int = 1 << 36
-    #: largest k of one block (a record too big for k symbols gets a longer block)
-    max_block_symbols: int = 200
+    #: largest k of one block (a record too big for k symbols gets a longer block);
+    #: None: as many as the codec allows with the repair ratio, at most 200
+    max_block_symbols: int | None = None
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -138,15 +139,26 @@ class ProtocolConfig:
         if problems:
             raise ConfigError("invalid protocol config: " + "; ".join(problems))
         codec = get_codec(self.codec)
-        if self.max_block_symbols < self.k:
+        if self.max_block_symbols is None:
+            most = min(200, codec.max_symbols)
+            while most > self.k and most + self.repair_for(most) > codec.max_symbols:
+                most -= 1
+            object.__setattr__(self, "max_block_symbols", max(most, self.k))
+        if self.max_k < self.k:
             raise ConfigError(f"max_block_symbols {self.max_block_symbols} is below k={self.k}")
-        if self.max_block_symbols + self.repair_for(self.max_block_symbols) > codec.max_symbols:
+        if self.max_k + self.repair_for(self.max_k) > codec.max_symbols:
             raise ConfigError(
                 f"max_block_symbols {self.max_block_symbols} plus its repair symbols exceeds "
                 f"the {codec.name} limit of {codec.max_symbols} symbols per block"
             )
         if self.symbol_size < 16:
             raise ConfigError(f"payload_size {self.payload_size} leaves no room for a symbol")
+
+    @property
+    def max_k(self) -> int:
+        """``max_block_symbols`` once resolved."""
+        assert self.max_block_symbols is not None  # set by __post_init__
+        return self.max_block_symbols
 
     @property
     def symbol_size(self) -> int:

@@ -1,0 +1,232 @@
+"""``diode policy``: init, validate, show, allow/deny (edits keep comments), diff, test, replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from diode.cli import main
+from diode.policy import load_policy
+from diode.policy.template import TEMPLATE
+
+NOW_MS = 1_700_000_000_000
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, input: str | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["policy", *args], input=input, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def plant(tmp_path: Path) -> Path:
+    path = tmp_path / "plant.yaml"
+    code, out = run("init", "--out", str(path))
+    assert code == 0, out
+    return path
+
+
+def test_init_writes_a_valid_commented_policy(plant: Path) -> None:
+    text = plant.read_text()
+    assert text == TEMPLATE
+    assert text.count("#") > 10
+    assert load_policy(plant).model.rules
+    code, out = run("init", "--out", str(plant))
+    assert code != 0 and "exists" in out
+
+
+def test_default_yaml_is_the_template() -> None:
+    assert (ROOT / "policies" / "default.yaml").read_text() == TEMPLATE
+
+
+def test_validate_ok_and_problems(plant: Path, tmp_path: Path) -> None:
+    code, out = run("validate", str(plant))
+    assert code == 0 and "ok" in out and load_policy(plant).fingerprint in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: b\nrules:\n  - id: a\n    match: {exact: x}\n    nope: 1\n")
+    code, out = run("validate", str(plant), str(bad))
+    assert code == 1
+    assert f"{bad}:6: unknown key 'rules.0.nope'" in out.splitlines()
+
+
+def test_show_lists_rules(plant: Path) -> None:
+    code, out = run("show", str(plant))
+    assert code == 0
+    for word in ("telemetry", "no-commands", "default-deny", "ot.<topic>", "4096"):
+        assert word in out
+
+
+def test_test_json(plant: Path) -> None:
+    value = '{"tag": "TI-101", "value": 81.5, "unit": "degC"}'
+    code, out = run(
+        "test", str(plant), "--topic", "plant.telemetry.boiler", "--value", value, "--json"
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["action"] == "forward"
+    assert d["target_topic"] == "ot.plant.telemetry.boiler"
+    assert d["rule"] == "telemetry" and d["reasons"] == []
+
+
+def test_test_refusals(plant: Path, tmp_path: Path) -> None:
+    code, out = run(
+        "test", str(plant), "--topic", "plant.telemetry.boiler", "--value", '{"tag": 1}', "--json"
+    )
+    d = json.loads(out)
+    assert d["action"] == "quarantine" and d["target_topic"] == "diode.quarantine"
+    assert any("tag is integer" in r for r in d["reasons"])
+    code, out = run("test", str(plant), "--topic", "plant.commands", "--json")
+    assert json.loads(out)["rule"] == "no-commands"
+    vf = tmp_path / "v.json"
+    vf.write_text('{"tag": "a", "value": 1, "note": "password: x"}')
+    code, out = run(
+        "test",
+        str(plant),
+        "--topic",
+        "plant.telemetry.x",
+        "--value-file",
+        str(vf),
+        "--header",
+        "source=plc",
+        "--key",
+        "k",
+    )
+    assert code == 0 and out.startswith("quarantine -> diode.quarantine")
+    assert "deny: value matches 'credentials in clear text'" in out
+
+
+def test_allow_keeps_comments_and_validates(plant: Path) -> None:
+    before = plant.read_text()
+    code, out = run(
+        "allow",
+        str(plant),
+        "plant.energy.*",
+        "--prefix",
+        "ot.",
+        "--max-bytes",
+        "2048",
+        "--records-per-s",
+        "100",
+    )
+    assert code == 0, out
+    after = plant.read_text()
+    # every comment line of the original survives, in order
+    comments = [ln.strip() for ln in before.splitlines() if ln.strip().startswith("#")]
+    assert [ln.strip() for ln in after.splitlines() if ln.strip().startswith("#")] == comments
+    assert after.startswith(before.split("rules:")[0])
+    pol = load_policy(plant)
+    rule = pol.model.rules[-1]
+    assert rule.match.glob == "plant.energy.*" and rule.prefix == "ot."
+    assert rule.max_bytes == 2048 and rule.rate is not None and rule.rate.records_per_s == 100
+    # editing the same pattern again updates that rule instead of adding one
+    code, _ = run("allow", str(plant), "plant.energy.*", "--max-bytes", "999")
+    assert code == 0
+    rules = load_policy(plant).model.rules
+    assert len(rules) == 3 and rules[-1].max_bytes == 999
+
+
+def test_deny_carves_out_of_forwarding_rules(plant: Path) -> None:
+    code, out = run("deny", str(plant), "plant.telemetry.test-bench")
+    assert code == 0, out
+    pol = load_policy(plant)
+    tele = pol.model.rules[0]
+    assert tele.match.except_ == ["plant.telemetry.test-bench"]
+    assert pol.model.rules[-1].action.value == "drop"
+    code, out = run("test", str(plant), "--topic", "plant.telemetry.test-bench", "--json")
+    assert json.loads(out)["action"] == "drop"
+    assert "# Diode policy" in plant.read_text()
+
+
+def test_allow_keeps_narrower_denials(plant: Path) -> None:
+    assert run("deny", str(plant), "plant.lab.secret")[0] == 0
+    code, out = run("allow", str(plant), "plant.lab.*")
+    assert code == 0, out
+    rules = load_policy(plant).model.rules
+    broad = next(r for r in rules if r.match.glob == "plant.lab.*")
+    assert broad.match.except_ == ["plant.lab.secret"]
+    code, out = run("test", str(plant), "--topic", "plant.lab.secret", "--json")
+    assert json.loads(out)["action"] == "drop"
+    code, out = run("test", str(plant), "--topic", "plant.lab.open", "--json")
+    assert json.loads(out)["action"] == "forward"
+
+
+def test_allow_that_would_collide_with_a_regex_rule_is_refused(plant: Path) -> None:
+    before = plant.read_text()
+    code, out = run("allow", str(plant), "plant.*")
+    assert code != 0
+    assert "overlaps rule 'no-commands' (drop): both match topic 'plant.commands'" in out
+    assert plant.read_text() == before
+
+
+def test_invalid_edit_is_not_written(plant: Path) -> None:
+    before = plant.read_text()
+    code, out = run("allow", str(plant), "plant.x", "--schema", "missing.json")
+    assert code != 0 and "not written" in out and "missing.json" in out
+    assert plant.read_text() == before
+    assert not [p for p in plant.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_allow_dry_run(plant: Path) -> None:
+    before = plant.read_text()
+    code, out = run("allow", str(plant), "plant.y", "--to", "it.y", "--dry-run")
+    assert code == 0 and "to: it.y" in out
+    assert plant.read_text() == before
+
+
+def test_diff(plant: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.yaml"
+    other.write_text("# reformatted\n" + plant.read_text())
+    code, out = run("diff", str(plant), str(other))
+    assert code == 0 and "same policy" in out
+    run("allow", str(other), "plant.energy.*")
+    run("allow", str(other), "plant.telemetry.*", "--max-bytes", "8192")
+    code, out = run("diff", str(plant), str(other))
+    assert code == 1
+    assert "+ rule 'plant.energy.all' (forward glob plant.energy.*)" in out
+    assert "~ rule 'telemetry' max_bytes: 4096 -> 8192" in out
+
+
+def test_replay_reports_decisions_and_findings(plant: Path, tmp_path: Path) -> None:
+    lines = []
+    t = NOW_MS / 1000
+    for i in range(400):
+        lines.append(
+            {
+                "topic": "plant.telemetry.boiler",
+                "now": t + i * 0.1,
+                "key": "TI-101",
+                "value": {"tag": "TI-101", "value": 80 + (i % 7) * 0.1, "unit": "degC"},
+                "headers": {"source": "plc-3"},
+            }
+        )
+    lines.append({"topic": "plant.commands", "now": t + 40.05, "value": "open valve"})
+    lines.append({"topic": "plant.telemetry.boiler", "now": t + 200, "value": "{broken"})
+    records = tmp_path / "r.jsonl"
+    records.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    code, out = run("replay", str(plant), "--records", str(records))
+    assert code == 0, out
+    assert "401: plant.commands@401 t=1700000040.050 drop  (rule no-commands)" in out
+    assert "finding silence on plant.telemetry.boiler" in out
+    assert "decisions: drop 1, forward 400, quarantine 1" in out
+    code, out = run("replay", str(plant), "--records", str(records), "--json")
+    objs = [json.loads(x) for x in out.splitlines()]
+    assert objs[-1]["summary"]["decisions"] == {"forward": 400, "drop": 1, "quarantine": 1}
+    # the broken record is also far smaller than usual
+    assert objs[-1]["summary"]["findings"] == {"silence": 1, "size": 1}
+
+
+def test_replay_bad_line(plant: Path, tmp_path: Path) -> None:
+    records = tmp_path / "r.jsonl"
+    records.write_text('{"topic": "a", "now": 1}\n{"value": 1}\n')
+    code, out = run("replay", str(plant), "--records", str(records))
+    assert code != 0 and f"{records}:2: topic" in out
+
+
+def test_help_teaches_with_examples() -> None:
+    for cmd in ("init", "validate", "show", "allow", "deny", "diff", "test", "replay"):
+        code, out = run(cmd, "--help")
+        assert code == 0 and "Example" in out, cmd
+    assert '"topic"' in run("replay", "--help")[1]

@@ -1,0 +1,395 @@
+"""Sender and receiver sessions driven directly, datagram by datagram, with explicit time."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+
+from diode.errors import LocalProtocolError
+from diode.protocol.crypto import Cipher, SessionCipher, SigningKey
+from diode.protocol.events import (
+    BlocksLost,
+    DatagramRejected,
+    GapDetected,
+    HeartbeatMissed,
+    HeartbeatReceived,
+    KeyRotated,
+    LinkUp,
+    SessionEnded,
+    SessionStarted,
+)
+from diode.protocol.receiver import ReceiverOptions
+from diode.protocol.records import Compression, Record
+from diode.protocol.wire import HEADER, HEADER_SIZE, NONCE, DatagramType, ProtocolConfig
+from tests.protocol.sessionkit import Pair, records_for
+
+MakePair = Callable[..., Pair]
+ONE = ProtocolConfig(interleave=1)
+
+
+def kind(d: bytes) -> tuple[int, int, int]:
+    """(type, number, index) of a datagram."""
+    fields = HEADER.unpack_from(d)
+    return int(fields[2]), int(fields[6]), int(fields[7])
+
+
+def is_data(d: bytes, block: int | None = None) -> bool:
+    t, n, _ = kind(d)
+    return t == DatagramType.DATA and (block is None or n == block)
+
+
+def send_all(pair: Pair, records: list[Record], now: float = 0.0) -> list[bytes]:
+    out: list[bytes] = pair.sender.add_many(records, now)
+    out += pair.sender.flush(now)
+    return out
+
+
+def rejected(pair: Pair) -> dict[str, int]:
+    counts: dict[str, int] = pair.receiver.counters().rejected
+    return counts
+
+
+def check_exact(pair: Pair, records: list[Record]) -> None:
+    """Every record delivered once, equal to what was sent, in order per partition."""
+    got = pair.delivered()
+    assert got == sorted(got, key=lambda r: records.index(r))
+    assert sorted(got, key=lambda r: (r.partition, r.offset)) == sorted(
+        records, key=lambda r: (r.partition, r.offset)
+    )
+
+
+def test_no_loss_round_trip(make_pair: MakePair) -> None:
+    pair = make_pair()
+    records = records_for(500)
+    pair.feed(send_all(pair, records), 0.0)
+    pair.settle(0.0, 0.3)
+    check_exact(pair, records)
+    assert not pair.gaps()
+    started = pair.of(SessionStarted)
+    assert len(started) == 1 and started[0].restart is False
+    assert pair.receiver.counters().rejected == {}
+    assert pair.receiver.counters().blocks_complete == pair.sender.counters().blocks
+
+
+@pytest.mark.parametrize("lost", [1, 4, 8])
+def test_loss_up_to_the_budget_in_one_block_loses_nothing(make_pair: MakePair, lost: int) -> None:
+    pair = make_pair(ONE)
+    records = records_for(400)
+    out = send_all(pair, records)
+    victims = [i for i, d in enumerate(out) if is_data(d, 1)]
+    rng = random.Random(lost)
+    drop = set(rng.sample(victims, lost))
+    pair.feed([d for i, d in enumerate(out) if i not in drop], 0.0)
+    pair.settle(0.0, 0.3)
+    check_exact(pair, records)
+    assert pair.receiver.counters().blocks_recovered == 1
+
+
+def test_budget_plus_one_in_one_block_is_a_gap_naming_exactly_its_records(
+    make_pair: MakePair,
+) -> None:
+    pair = make_pair(ONE)
+    records = records_for(600, partitions=3)
+    out = send_all(pair, records)
+    victims = [i for i, d in enumerate(out) if is_data(d, 1)][:9]  # 8 source + ... any 9
+    pair.feed([d for i, d in enumerate(out) if i not in set(victims)], 0.0)
+    pair.settle(0.0, 1.5)
+    delivered = pair.delivered()
+    missing = [r for r in records if r not in delivered]
+    assert missing, "block 1 should be lost"
+    gaps = pair.gaps()
+    assert {g.block for g in gaps} == {1}
+    assert sum(g.count for g in gaps) == len(missing)
+    for g in gaps:
+        in_gap = [r for r in missing if r.partition == g.partition]
+        assert (g.first_offset, g.last_offset, g.count) == (
+            in_gap[0].offset,
+            in_gap[-1].offset,
+            len(in_gap),
+        )
+        assert g.reason == "lost"
+    # blocks after the lost one are still delivered, in order
+    assert len(delivered) + len(missing) == len(records)
+    assert delivered[-1] == records[-1]
+
+
+def test_duplicates_are_delivered_once(make_pair: MakePair) -> None:
+    pair = make_pair()
+    records = records_for(300)
+    out = send_all(pair, records)
+    pair.feed([d for d in out for _ in range(2)], 0.0)
+    pair.settle(0.0, 0.3)
+    check_exact(pair, records)
+    assert pair.receiver.counters().duplicates + pair.receiver.counters().redundant > 0
+
+
+def test_reordering_keeps_partition_order(make_pair: MakePair) -> None:
+    pair = make_pair()
+    records = records_for(600, partitions=3)
+    out = send_all(pair, records)
+    control = [d for d in out if not is_data(d)]
+    data = [d for d in out if is_data(d)]
+    random.Random(3).shuffle(data)
+    pair.feed(control[:3] + data + control[3:], 0.0)
+    pair.settle(0.0, 0.3)
+    check_exact(pair, records)
+
+
+def test_corrupted_datagrams_are_rejected_by_the_tag(make_pair: MakePair) -> None:
+    pair = make_pair(ONE)
+    records = records_for(300)
+    out = send_all(pair, records)
+    rng = random.Random(5)
+    corrupted = 0
+    fed = []
+    for d in out:
+        if is_data(d) and rng.random() < 0.1:
+            buf = bytearray(d)
+            buf[rng.randrange(HEADER_SIZE, len(buf))] ^= 0x40  # body or tag
+            fed.append(bytes(buf))
+            corrupted += 1
+        else:
+            fed.append(d)
+    pair.feed(fed, 0.0)
+    pair.settle(0.0, 0.5)
+    check_exact(pair, records)
+    assert rejected(pair).get("authentication") == corrupted
+
+
+def test_forged_datagram_under_a_wrong_key_is_rejected(make_pair: MakePair) -> None:
+    pair = make_pair()
+    records = records_for(100)
+    out = send_all(pair, records)
+    pair.feed(out[:4], 0.0)  # announcements: the receiver knows the session and its keys
+    genuine = next(d for d in out if is_data(d))
+    forger = SessionCipher(Cipher.AES_256_GCM, bytes(32))
+    header = HEADER.pack(*HEADER.unpack_from(genuine)[:6], 50, 5, 6, 2, 200)
+    forged = header + forger.seal(NONCE.pack(DatagramType.DATA, 50, 5), bytes(200), header)
+    before = pair.receiver.state_size()
+    pair.feed([forged], 0.0)
+    assert pair.receiver.state_size() == before
+    assert pair.events[-1] == DatagramRejected(
+        "authentication", "datagram tag did not verify", None
+    )
+
+
+def test_forged_announcement_from_another_signer_is_rejected(make_pair: MakePair) -> None:
+    pair = make_pair(signing=SigningKey.from_seed(b"x" * 32))
+    out = send_all(pair, records_for(100))
+    pair.feed(out, 0.0)
+    pair.settle(0.0, 3.0)
+    assert not pair.delivered()
+    assert not pair.of(SessionStarted)
+    assert rejected(pair)["authentication"] >= 2
+    # everything else waited for a key that never came, then was dropped and counted
+    assert rejected(pair)["unknown-key"] > 0
+    assert (
+        0 < pair.receiver.state_size()["early_datagrams"] <= ReceiverOptions().max_early_datagrams
+    )
+
+
+def test_announcement_repeats_are_verified_once(make_pair: MakePair) -> None:
+    pair = make_pair()
+    out = pair.sender.poll(0.0)
+    announcements = [d for d in out if kind(d)[0] == DatagramType.ANNOUNCE]
+    for _ in range(5):
+        pair.feed(announcements, 0.0)
+    assert pair.receiver.counters().announcements_verified == len(announcements)
+
+
+def test_sender_restart_mid_stream(make_pair: MakePair) -> None:
+    pair = make_pair()
+    first = records_for(300, seed=1)
+    pair.feed(send_all(pair, first), 0.0)
+    now = pair.settle(0.0, 0.2)
+    old_session = pair.sender.session_id
+    lost = [
+        Record(r.topic, r.partition, r.offset + 5_000, r.timestamp, r.key, r.value)
+        for r in records_for(50, seed=9)
+    ]
+    old_out = send_all(pair, lost, now)  # never reaches the receiver
+    second = [
+        Record(r.topic, r.partition, r.offset + 10_000, r.timestamp, r.key, r.value)
+        for r in records_for(300, seed=2)
+    ]
+    pair.sender = type(pair.sender)(
+        pair.sender.config,
+        pair.sender._signing_key,
+        pair.sender._receiver_public,
+        random.Random(99).randbytes,
+        now,
+    )
+    pair.feed(send_all(pair, second, now), now)
+    pair.settle(now, 0.3)
+    started = pair.of(SessionStarted)
+    assert [s.restart for s in started] == [False, True]
+    assert started[1].previous_session_id == old_session
+    ended = pair.of(SessionEnded)
+    assert ended and ended[0].session_id == old_session
+    assert pair.delivered() == first + second
+    # the old session's datagrams are replays now
+    before = rejected(pair).get("replay", 0)
+    pair.feed(old_out[:10], now + 1)
+    assert rejected(pair)["replay"] == before + 10
+
+
+def test_replayed_datagrams_do_not_deliver_twice(make_pair: MakePair) -> None:
+    pair = make_pair(options=ReceiverOptions(receive_window=4))
+    records = records_for(1500)
+    out = send_all(pair, records)
+    pair.feed(out, 0.0)
+    now = pair.settle(0.0, 0.2)
+    pair.feed(out, now)  # everything again
+    pair.settle(now, 0.2)
+    check_exact(pair, records)
+    # blocks far behind the receive window are rejected as replays
+    assert rejected(pair)["replay"] > 0
+
+
+def test_lost_tail_block_is_found_through_the_heartbeat(make_pair: MakePair) -> None:
+    pair = make_pair(ONE)
+    records = records_for(400)
+    out = send_all(pair, records)
+    last = max(kind(d)[1] for d in out if is_data(d))
+    pair.feed([d for d in out if not is_data(d, last)], 0.0)
+    pair.settle(0.0, 1.5)
+    gaps = pair.gaps()
+    assert gaps and {g.block for g in gaps} == {last}
+    delivered = pair.delivered()
+    assert len(delivered) + sum(g.count for g in gaps) == len(records)
+    assert pair.of(HeartbeatReceived)[-1].next_block == last + 1
+
+
+def test_blocks_lost_with_their_manifests_are_counted_from_heartbeats(
+    make_pair: MakePair,
+) -> None:
+    pair = make_pair(ONE)
+    records = records_for(400, partitions=2)
+    out = send_all(pair, records)
+
+    def no_manifests(ds: list[bytes]) -> list[bytes]:
+        return [d for d in ds if kind(d)[0] != DatagramType.MANIFEST]
+
+    pair.feed([d for d in no_manifests(out) if not is_data(d, 1)], 0.0)
+    pair.settle(0.0, 1.5, link=no_manifests)
+    assert pair.of(BlocksLost)
+    gaps = pair.gaps()
+    assert gaps and all(g.reason == "unaccounted" for g in gaps)
+    # strict provenance: nothing without a signed manifest is delivered
+    assert not pair.delivered()
+    assert sum(g.count for g in gaps) == len(records)
+
+
+def test_non_strict_mode_delivers_without_manifests(make_pair: MakePair) -> None:
+    pair = make_pair(options=ReceiverOptions(strict=False))
+    records = records_for(300)
+    out = send_all(pair, records)
+    pair.feed([d for d in out if kind(d)[0] != DatagramType.MANIFEST], 0.0)
+    check_exact(pair, records)
+
+
+def test_key_rotation(make_pair: MakePair) -> None:
+    pair = make_pair(ProtocolConfig(key_rotation_bytes=100_000))
+    records = records_for(2000)
+    out = send_all(pair, records)
+    rng = random.Random(1)
+    pair.feed([d for d in out if rng.random() > 0.05], 0.0)
+    pair.settle(0.0, 1.0)
+    check_exact(pair, records)
+    rotated = pair.of(KeyRotated)
+    assert len(rotated) >= 3
+    assert pair.receiver.state_size()["keys"] <= 3
+    assert [e.key_id for e in pair.sender.events() if isinstance(e, KeyRotated)]
+
+
+def test_heartbeat_missed_then_link_up(make_pair: MakePair) -> None:
+    pair = make_pair()
+    pair.feed(pair.sender.poll(0.0), 0.0)
+    pair.receiver.poll(1.0)
+    pair.events.extend(pair.receiver.events())
+    missed = pair.of(HeartbeatMissed)
+    assert len(missed) == 1 and missed[0].silent_for == pytest.approx(1.0)
+    pair.feed(pair.sender.poll(1.05), 1.05)
+    ups = pair.of(LinkUp)
+    assert ups[-1].after_silence == pytest.approx(1.05)
+
+
+def test_config_mismatch_is_rejected_with_a_reason(make_pair: MakePair) -> None:
+    pair = make_pair(ProtocolConfig(k=16, m=4))
+    from diode.protocol.receiver import ReceiverSession
+    from tests.protocol.sessionkit import RECEIVER, SIGNING
+
+    pair.receiver = ReceiverSession(ProtocolConfig(), RECEIVER, SIGNING.verify_key)
+    pair.feed(send_all(pair, records_for(50)), 0.0)
+    assert not pair.delivered()
+    reasons = {e.reason for e in pair.of(DatagramRejected) if isinstance(e, DatagramRejected)}
+    assert reasons == {"config"}
+
+
+def test_linger_closes_a_block_and_commits_after_manifests(make_pair: MakePair) -> None:
+    pair = make_pair()
+    pair.feed(pair.sender.poll(0.0), 0.0)
+    rec = records_for(1)[0]
+    assert pair.sender.add(rec, 0.001) == []
+    assert pair.sender.committable() == {}
+    timer = pair.sender.next_timer()
+    assert timer is not None and timer <= 0.001 + pair.sender.config.linger
+    pair.feed(pair.sender.poll(0.001 + pair.sender.config.linger), 0.01)
+    pair.settle(0.01, 0.1)
+    assert pair.delivered() == [rec]
+    assert pair.sender.committable() == {(rec.topic, rec.partition): rec.offset + 1}
+    assert pair.sender.counters().padding_bytes < 8
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        ProtocolConfig(cipher=Cipher.CHACHA20_POLY1305),
+        ProtocolConfig(compression=Compression.ZLIB),
+        ProtocolConfig(codec="raptorq"),
+        ProtocolConfig(payload_size=8972, k=16, m=4),
+    ],
+    ids=["chacha", "zlib", "raptorq", "jumbo"],
+)
+def test_variants_round_trip_with_loss(make_pair: MakePair, config: ProtocolConfig) -> None:
+    pair = make_pair(config)
+    records = records_for(800)
+    out = send_all(pair, records)
+    rng = random.Random(2)
+    pair.feed([d for d in out if rng.random() > 0.03], 0.0)
+    pair.settle(0.0, 0.5)
+    check_exact(pair, records)
+
+
+def test_a_record_bigger_than_a_block_gets_a_longer_block(make_pair: MakePair) -> None:
+    pair = make_pair()
+    big = Record("plant.a", 0, 10_000, 0, None, bytes(range(256)) * 800)  # ~200 KB
+    small = records_for(3)
+    pair.feed(send_all(pair, [*small, big]), 0.0)
+    pair.settle(0.0, 0.3)
+    assert pair.delivered() == [*small, big]
+    too_big = Record("plant.a", 0, 10_001, 0, None, bytes(pair.sender.max_record_size + 1))
+    with pytest.raises(LocalProtocolError, match="exceeds the largest block payload"):
+        pair.sender.add(too_big, 1.0)
+
+
+def test_offsets_must_increase_per_partition(make_pair: MakePair) -> None:
+    pair = make_pair()
+    rec = records_for(1)[0]
+    pair.sender.add(rec, 0.0)
+    with pytest.raises(LocalProtocolError, match="is not after offset"):
+        pair.sender.add(rec, 0.0)
+
+
+def test_gap_event_fields(make_pair: MakePair) -> None:
+    pair = make_pair(ONE)
+    records = records_for(200, partitions=1)
+    out = send_all(pair, records)
+    pair.feed([d for d in out if not is_data(d, 0)], 0.0)
+    pair.settle(0.0, 1.0)
+    (gap,) = pair.gaps()
+    assert isinstance(gap, GapDetected)
+    assert gap.session_id == pair.sender.session_id and gap.topic == "plant.a"
+    assert gap.first_offset == records[0].offset
