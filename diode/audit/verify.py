@@ -24,6 +24,7 @@ the chain so one tampering does not become a cascade of reports.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -596,9 +597,16 @@ class _ChainVerifier:
         if len(run) == 1:
             what = f"entry seq {head.entry.seq} belongs before it but is at {head.file}:{head.line}"
         else:
+            together = all(
+                b.file == a.file and b.line == a.line + 1 for a, b in itertools.pairwise(run)
+            )
+            where = (
+                f"at {head.file}:{head.line}..{tail.line}"
+                if together
+                else f"scattered further on, the first at {head.file}:{head.line}"
+            )
             what = (
-                f"entries seq {head.entry.seq}..{tail.entry.seq} belong before it but are at "
-                f"{head.file}:{head.line}..{tail.line}"
+                f"entries seq {head.entry.seq}..{tail.entry.seq} belong before it but are {where}"
             )
         self._problem(ProblemKind.REORDERED, item, entry.seq, f"out of order: {what}")
 

@@ -404,7 +404,14 @@ _Item = tuple[float, str, str, bytes]
 
 
 class AuditLog:
-    """A tamper-evident, append-only audit log; see the module docstring."""
+    """A tamper-evident, append-only audit log; see the module docstring.
+
+    ``clock`` gives the time of each entry (seconds since the epoch; inject one in tests and
+    simulations). ``chain_id`` fixes the id of a new chain instead of drawing 16 random
+    bytes, for reproducible tests; it is ignored when an existing chain is resumed.
+    Opening writes ``chain_start`` or ``chain_resumed`` at once and raises ``AuditError``
+    if the file cannot be opened.
+    """
 
     def __init__(
         self,

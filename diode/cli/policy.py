@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import IO
 
 import click
-from ruamel.yaml.comments import CommentedMap
 
 from diode.errors import DecodeError, PolicyError, PolicyValidationError
 from diode.policy import edit
@@ -77,6 +76,20 @@ def init(out: Path | None, force: bool) -> None:
         raise click.ClickException(f"{out} exists; pass --force to overwrite it")
     edit.write_atomically(out, TEMPLATE)
     click.echo(f"wrote {out}")
+
+
+@policy.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of a policy file, for editors that check YAML as you type.
+
+    \b
+    Example:
+      diode policy schema > policies/policy.schema.json
+      # then, first line of a policy: # yaml-language-server: $schema=policy.schema.json
+    """
+    from diode.policy.model import policy_json_schema
+
+    click.echo(json.dumps(policy_json_schema(), indent=2, sort_keys=True))
 
 
 @policy.command("validate")
@@ -177,7 +190,7 @@ def show(file: Path) -> None:
         click.echo(f"quarantine topic (OT side): {m.quarantine_topic}")
 
 
-def _write_edit(file: Path, doc: CommentedMap, changes: list[str], dry_run: bool) -> None:
+def _write_edit(file: Path, doc: edit.Document, changes: list[str], dry_run: bool) -> None:
     try:
         text, pol = edit.render(doc, file)
     except PolicyValidationError as exc:
@@ -193,7 +206,7 @@ def _write_edit(file: Path, doc: CommentedMap, changes: list[str], dry_run: bool
     click.echo(f"wrote {file} (fingerprint {pol.fingerprint})")
 
 
-def _document(file: Path) -> CommentedMap:
+def _document(file: Path) -> edit.Document:
     try:
         return edit.read_document(file)
     except PolicyValidationError as exc:
@@ -254,7 +267,7 @@ def allow(
         rule_id=rule_id,
     )
     try:
-        changes = edit.allow(doc, topic, opts, regex=regex)
+        changes = edit.allow(doc.data, topic, opts, regex=regex)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     _write_edit(file, doc, changes, dry_run)
@@ -277,7 +290,7 @@ def deny(file: Path, topic: str, rule_id: str | None, dry_run: bool) -> None:
     """
     doc = _document(file)
     try:
-        changes = edit.deny(doc, topic, rule_id=rule_id)
+        changes = edit.deny(doc.data, topic, rule_id=rule_id)
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     _write_edit(file, doc, changes, dry_run)

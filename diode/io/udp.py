@@ -400,7 +400,9 @@ class UdpSender:
                 # Detected once: the option exists on every kernel with UDP GSO.
                 self._sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
             except OSError as exc:
-                self.gso_disabled_reason = f"kernel has no UDP GSO ({_errno_name(exc.errno)})"
+                self.gso_disabled_reason = (
+                    f"kernel has no UDP GSO ({_errno_name(exc.errno).upper()})"
+                )
         self._max_segments = config.gso_max_segments
         self.pacer: Pacer | None = None
         if config.rate_bits_per_s is not None:
@@ -567,8 +569,9 @@ class UdpSender:
                 if exc.errno in GSO_FALLBACK_ERRNOS:
                     self._count(f"gso_{_errno_name(exc.errno)}")
                     self.gso_disabled_reason = (
-                        f"GSO send of {len(run)} x {size} bytes failed ({_errno_name(exc.errno)}:"
-                        f" {exc.strerror}); sending one datagram per call"
+                        f"GSO send of {len(run)} x {size} bytes failed "
+                        f"({_errno_name(exc.errno).upper()}: {exc.strerror}); "
+                        "sending one datagram per call"
                     )
                     return False
                 retry_since = self._transient_or_raise(exc, index, retry_since)
@@ -598,7 +601,7 @@ class UdpSender:
             started = now if retry_since is None else retry_since
             if now - started > self.config.retry_timeout_s:
                 raise TransportError(
-                    f"send to {_format(self._remote)} failed: the send queue stayed full ({name}) "
+                    f"send to {_format(self._remote)} failed: the send queue stayed full ({name.upper()}) "
                     f"for {now - started:.3f} s, more than retry_timeout_s "
                     f"{self.config.retry_timeout_s}",
                     errno=code,
@@ -618,7 +621,7 @@ class UdpSender:
                 sent=index,
             ) from exc
         raise TransportError(
-            f"send to {_format(self._remote)} failed ({name}): {exc.strerror}",
+            f"send to {_format(self._remote)} failed ({name.upper()}): {exc.strerror}",
             errno=code,
             sent=index,
         ) from exc
@@ -670,7 +673,9 @@ class UdpReceiver:
             try:
                 self._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
             except OSError as exc:
-                self.gro_disabled_reason = f"kernel has no UDP GRO ({_errno_name(exc.errno)})"
+                self.gro_disabled_reason = (
+                    f"kernel has no UDP GRO ({_errno_name(exc.errno).upper()})"
+                )
         self._buffer = bytearray(RECV_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._pending: deque[bytes] = deque()
@@ -831,8 +836,15 @@ class UdpReceiver:
                 continue
             parts = (n + segment - 1) // segment
             if segment > max_size:
-                # Every full segment is oversize; only a short last one could fit.
-                self._count("oversize", parts)
+                # Every full segment is oversize; only a short last one may fit.
+                last = n - (parts - 1) * segment
+                if last < segment and last <= max_size:
+                    self._count("oversize", parts - 1)
+                    out.append(view[n - last : n].tobytes())
+                    self._datagrams += 1
+                    self._bytes += last
+                else:
+                    self._count("oversize", parts)
                 continue
             self._gro_batches += 1
             self._gro_datagrams += parts

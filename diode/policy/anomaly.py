@@ -113,20 +113,14 @@ class RateMonitor:
 
 
 class SizeMonitor:
-    __slots__ = ("cfg", "ewma", "floor2", "limit2")
+    __slots__ = ("cfg", "ewma", "frac", "limit2", "warmup")
 
     def __init__(self, cfg: SizeDetector) -> None:
         self.cfg = cfg
         self.ewma = Ewma(cfg.alpha)
-        #: z**2, and (z * the floor on the deviation)**2: a record whose squared distance
-        #: from the mean is below both cannot be an outlier, whatever the exact spread
         self.limit2 = cfg.z * cfg.z
-        self.floor2 = 0.0
-
-    def rescale(self) -> None:
-        """Refresh the cached floor; cheap, called as the mean moves."""
-        floor = max(self.cfg.min_std_fraction * self.ewma.mean, 1.0)
-        self.floor2 = self.limit2 * floor * floor
+        self.frac = cfg.min_std_fraction
+        self.warmup = cfg.warmup
 
     def observe(self, size: int, topic: str, rule: str) -> Finding | None:
         ewma = self.ewma
@@ -145,7 +139,6 @@ class SizeMonitor:
                     f"(z={z:+.1f}, limit {self.cfg.z:g})",
                 )
         ewma.update(float(size))
-        self.rescale()
         return finding
 
 
@@ -340,8 +333,13 @@ class TopicMonitor:
             ew = sm.ewma
             mean = ew.mean
             d = size - mean
-            if ew.n >= sm.cfg.warmup and (d * d > sm.limit2 * ew.var or d * d > sm.floor2):
-                # maybe an outlier: the exact test (and the finding) in the slow path
+            dd = d * d
+            floor = sm.frac * mean
+            if floor < 1.0:
+                floor = 1.0
+            limit2 = sm.limit2
+            if ew.n >= sm.warmup and dd > limit2 * ew.var and dd > limit2 * floor * floor:
+                # an outlier (the same test as SizeMonitor.observe, which builds the finding)
                 f = sm.observe(size, self.topic, self.rule)
                 if f is not None:
                     out = [*(out or ()), f]
@@ -350,10 +348,8 @@ class TopicMonitor:
             else:
                 a = ew.alpha
                 ew.mean = mean + a * d
-                ew.var = (1.0 - a) * (ew.var + a * d * d)
+                ew.var = (1.0 - a) * (ew.var + a * dd)
                 ew.n += 1
-                if ew.n >= sm.cfg.warmup:
-                    sm.rescale()
         ts = self.timestamp
         if ts is not None:
             skew = ts_ms / 1000.0 - now

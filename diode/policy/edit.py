@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString
+from ruamel.yaml.util import load_yaml_guess_indent
 
 from diode.errors import PolicyError
 from diode.policy import patterns
@@ -118,7 +121,7 @@ def _add_except(rule: Any, pattern: str) -> bool:
         match["except"] = ex
     if pattern in ex:
         return False
-    ex.append(pattern)
+    ex.append(DoubleQuotedScalarString(pattern))
     return True
 
 
@@ -149,7 +152,7 @@ def allow(doc: CommentedMap, topic: str, opts: TopicOptions, *, regex: bool = Fa
         rule["id"] = opts.rule_id or _new_id(rules, topic.replace("*", "all"))
         if opts.description:
             rule["description"] = opts.description
-        rule["match"] = _flow({kind: topic})
+        rule["match"] = _flow({kind: DoubleQuotedScalarString(topic)})
         rule["action"] = "forward"
         rules.append(rule)
         changes.append(f"added rule {rule['id']!r} forwarding {kind} {topic}")
@@ -190,7 +193,7 @@ def _apply(rule: Any, opts: TopicOptions, changes: list[str]) -> None:
             rule["rate"] = rate
         for key, v in (("records_per_s", opts.records_per_s), ("bytes_per_s", opts.bytes_per_s)):
             if v is not None:
-                rate[key] = v
+                rate[key] = int(v) if float(v).is_integer() else v
                 changes.append(f"rule {rule['id']!r}: rate.{key} = {v:g}")
     if opts.value_format is not None or opts.schema is not None:
         value = rule.get("value")
@@ -215,7 +218,7 @@ def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[s
     if rule is None:
         rule = CommentedMap()
         rule["id"] = rule_id or _new_id(rules, "deny-" + topic.replace("*", "all"))
-        rule["match"] = _flow({kind: topic})
+        rule["match"] = _flow({kind: DoubleQuotedScalarString(topic)})
         rule["action"] = "drop"
         changes.append(f"added rule {rule['id']!r} dropping {kind} {topic}")
         carve = True
@@ -234,18 +237,38 @@ def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[s
     return changes
 
 
-def render(doc: CommentedMap, path: Path) -> tuple[str, Policy]:
-    """The document as text, validated as if it were at ``path``."""
-    text = dump_yaml(doc)
-    return text, load_policy_text(text, path=path, display=str(path))
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A policy file opened for editing, with the indentation it was written in."""
+
+    data: CommentedMap
+    indent: tuple[int, int, int]
 
 
-def read_document(path: Path) -> CommentedMap:
+def read_document(path: Path) -> Document:
     text = path.read_text(encoding="utf-8")
-    doc = parse_yaml(text, str(path))
-    if not isinstance(doc, CommentedMap):
+    data = parse_yaml(text, str(path))
+    if not isinstance(data, CommentedMap):
         raise PolicyError(f"{path}: a policy file is a YAML mapping")
-    return doc
+    return Document(data, _guess_indent(text))
+
+
+def _guess_indent(text: str) -> tuple[int, int, int]:
+    """(mapping, sequence, offset) as the file already uses them, so an edit does not
+    re-indent lines it did not touch."""
+    try:
+        _data, seq, offset = load_yaml_guess_indent(text)
+    except YAMLError:
+        return (2, 4, 2)
+    if not isinstance(seq, int) or not isinstance(offset, int):
+        return (2, 4, 2)
+    return (offset or seq, seq, offset)
+
+
+def render(doc: Document, path: Path) -> tuple[str, Policy]:
+    """The document as text, validated as if it were at ``path``."""
+    text = dump_yaml(doc.data, doc.indent)
+    return text, load_policy_text(text, path=path, display=str(path))
 
 
 def write_atomically(path: Path, text: str) -> None:

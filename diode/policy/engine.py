@@ -441,8 +441,8 @@ class PolicyEngine:
             f"anomaly: {f.message}" for f in findings or ()
         )
         kind = kinds[0] if kinds else "rule"
-        if action.crosses and findings is not None and bad is None:
-            # anomaly findings alone must not bypass the rate limit
+        if action.crosses and "rate" not in kinds:
+            # a record forwarded despite an alert-level problem still pays for its passage
             limiter = route.limiter
             if limiter is not None:
                 why = limiter.admit(size, now)

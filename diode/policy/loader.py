@@ -105,10 +105,13 @@ def parse_yaml(text: str, display: str) -> Any:
         raise PolicyValidationError([(display, 1, f"YAML: {exc}")]) from exc
 
 
-def dump_yaml(doc: Any) -> str:
-    """Write a round-trip document back to text, keeping its comments and order."""
+def dump_yaml(doc: Any, indent: tuple[int, int, int] = (2, 4, 2)) -> str:
+    """Write a round-trip document back to text, keeping its comments and order;
+    ``indent`` is (mapping, sequence, offset of the dash) as ruamel.yaml counts them."""
     out = io.StringIO()
-    _yaml().dump(doc, out)
+    y = _yaml()
+    y.indent(mapping=indent[0], sequence=indent[1], offset=indent[2])
+    y.dump(doc, out)
     return out.getvalue()
 
 

@@ -291,3 +291,14 @@ class PolicyModel(_Strict):
     quarantine_topic: TopicName | None = None
     defaults: Defaults = Field(default_factory=Defaults)
     rules: list[Rule] = Field(default_factory=list)
+
+
+def policy_json_schema() -> dict[str, object]:
+    """The JSON Schema of a policy file (shipped as ``policies/policy.schema.json`` so that
+    editors can complete and check policies as they are typed)."""
+    schema = PolicyModel.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Diode policy file",
+        **schema,
+    }

@@ -74,11 +74,13 @@ class RateLimiter:
         rec = self.records
         byt = self.bytes
         if rec is not None:
-            rec.refill(now)
+            if rec.last is None or now > rec.last:
+                rec.refill(now)
             if rec.tokens < 1.0 - rec.slack:
                 return f"rate: more than {rec.rate:g} records/s (burst {rec.burst:g})"
         if byt is not None:
-            byt.refill(now)
+            if byt.last is None or now > byt.last:
+                byt.refill(now)
             if byt.tokens < size - byt.slack:
                 return f"rate: more than {byt.rate:g} bytes/s (burst {byt.burst:g})"
         if rec is not None:

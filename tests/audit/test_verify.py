@@ -420,5 +420,61 @@ def test_problem_count_is_bounded(
     write_lines(path, lines)
     chain = verify([path], key.verify_key).chains[0]
     assert len(chain.problems) == 5
-    assert chain.more_problems > 100
+    assert chain.more_problems > 0
+    assert not chain.ok
     assert chain.entries == len(lines)
+
+
+@pytest.fixture
+def rotated_log(make_log: MakeLog, clock: ManualClock, tmp_path: Path) -> list[Path]:
+    """A closed log over several files, oldest first."""
+    log = make_log(rotate_bytes=2500)
+    write_entries(log, 30, clock)
+    log.close()
+    return [*sorted(tmp_path.glob("audit.jsonl.*")), tmp_path / "audit.jsonl"]
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_tampering_across_rotated_files_is_found_where_it_happened(
+    data: st.DataObject, rotated_log: list[Path], key: SigningKey
+) -> None:
+    originals = [read_lines(p) for p in rotated_log]
+    sizes = [len(x) for x in originals]
+    lines = [line for file_lines in originals for line in file_lines]
+    n = len(lines)
+    op = data.draw(st.sampled_from(["delete", "move", "duplicate", "edit"]))
+    i = data.draw(st.integers(min_value=0, max_value=n - 2))
+    if op == "delete":
+        del lines[i]
+        expected, at = ProblemKind.REMOVED, i
+    elif op == "move":
+        j = data.draw(st.integers(min_value=0, max_value=n - 1).filter(lambda j: j != i))
+        lines.insert(j, lines.pop(i))
+        expected, at = ProblemKind.REORDERED, min(i, j)
+    elif op == "duplicate":
+        j = data.draw(st.integers(min_value=i + 1, max_value=n))
+        lines.insert(j, lines[i])
+        expected, at = ProblemKind.INSERTED, j
+    else:
+        lines[i] = lines[i].replace(b'"actor":"sender"', b'"actor":"receiver"')
+        expected, at = ProblemKind.EDITED, i
+    # put the lines back into files of the same sizes (the last one takes the difference)
+    sizes[-1] += len(lines) - n
+    start = 0
+    try:
+        for path, size in zip(rotated_log, sizes, strict=True):
+            write_lines(path, lines[start : start + size])
+            start += size
+        report = verify(rotated_log, key.verify_key)
+        problem = report.first_problem
+        assert problem is not None
+        assert problem.kind == expected, report.problems
+        index = rotated_log.index(Path(problem.file))
+        position = sum(sizes[:index]) + problem.line - 1
+        assert abs(position - at) <= 1, (at, report.problems)
+    finally:
+        for path, original in zip(rotated_log, originals, strict=True):
+            write_lines(path, original)

@@ -226,7 +226,27 @@ def test_replay_bad_line(plant: Path, tmp_path: Path) -> None:
 
 
 def test_help_teaches_with_examples() -> None:
-    for cmd in ("init", "validate", "show", "allow", "deny", "diff", "test", "replay"):
+    for cmd in ("init", "schema", "validate", "show", "allow", "deny", "diff", "test", "replay"):
         code, out = run(cmd, "--help")
         assert code == 0 and "Example" in out, cmd
     assert '"topic"' in run("replay", "--help")[1]
+
+
+def test_edits_touch_only_what_they_change(plant: Path) -> None:
+    import difflib
+
+    before = plant.read_text().splitlines()
+    assert run("deny", str(plant), "plant.telemetry.lab")[0] == 0
+    assert run("allow", str(plant), "plant.energy.*", "--records-per-s", "50")[0] == 0
+    after = plant.read_text().splitlines()
+    diff = [ln for ln in difflib.ndiff(before, after) if ln[:1] in "+-"]
+    removed = [ln[2:] for ln in diff if ln.startswith("- ")]
+    assert removed == [
+        '    match: {glob: "plant.telemetry.*"}   # or {exact: NAME} or {regex: "..."} (full match)'
+    ]
+    added = [ln[2:] for ln in diff if ln.startswith("+ ")]
+    assert added[0].startswith(
+        '    match: {glob: "plant.telemetry.*", except: ["plant.telemetry.lab"]} # or {exact'
+    )
+    assert "  - id: deny-plant.telemetry.lab" in added
+    assert "      records_per_s: 50" in added

@@ -143,3 +143,21 @@ def test_replay_line_format() -> None:
 def test_replay_line_errors(line: bytes, why: str) -> None:
     with pytest.raises(DecodeError, match=why):
         parse_line(line, 1)
+
+
+def test_policy_json_schema_is_current_and_accepts_shipped_policies() -> None:
+    import jsonschema_rs
+    from ruamel.yaml import YAML
+
+    from diode.policy.model import policy_json_schema
+
+    shipped = json.loads((POLICIES / "policy.schema.json").read_text())
+    assert shipped == json.loads(json.dumps(policy_json_schema())), (
+        "run: diode policy schema > policies/policy.schema.json"
+    )
+    validator = jsonschema_rs.validator_for(shipped)
+    for name in ("default.yaml", "bottling-plant.yaml", "water-utility.yaml"):
+        doc = json.loads(json.dumps(YAML(typ="safe").load((POLICIES / name).read_text())))
+        assert validator.is_valid(doc), name
+        doc["rules"][0]["colour"] = "red"
+        assert not validator.is_valid(doc)

@@ -384,3 +384,14 @@ def test_decision_as_dict_is_json(engine_of: Engine, make_record: Make) -> None:
     out = json.loads(json.dumps(d.as_dict()))
     assert out["action"] == "quarantine" and out["target_topic"] == "ot.q"
     assert out["rule"] == "v" and out["reasons"][0].startswith("format:")
+
+
+def test_alerted_records_still_pay_the_rate_limit(engine_of: Engine, make_record: Make) -> None:
+    e = engine_of(
+        HEAD
+        + "  - {id: r, match: {exact: t}, max_bytes: 1, on_violation: {size: alert}, "
+        + "rate: {records_per_s: 1, burst_records: 2}}\n"
+    )
+    got = [e.evaluate(make_record("t", b"big"), NOW) for _ in range(3)]
+    assert [d.action for d in got] == [Action.ALERT, Action.ALERT, Action.DROP]
+    assert got[2].reasons[-1].startswith("rate: more than 1 records/s")
