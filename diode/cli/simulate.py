@@ -6,16 +6,24 @@ import dataclasses
 import json
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
+from diode.audit import Actor, AuditConfig, AuditEvent, AuditLog
 from diode.errors import DiodeError
-from diode.protocol.crypto import Cipher
+from diode.protocol.crypto import Cipher, SigningKey, load_signing_key
 from diode.protocol.link import LinkConfig
 from diode.protocol.receiver import ReceiverOptions
 from diode.protocol.records import Compression
-from diode.protocol.simulation import SimulationParams, SimulationResult, run_simulation
+from diode.protocol.simulation import (
+    EventCallback,
+    SimulationParams,
+    SimulationResult,
+    derive_seed,
+    run_simulation,
+)
 from diode.protocol.wire import ProtocolConfig
 
 _CIPHERS = {"aes-256-gcm": Cipher.AES_256_GCM, "chacha20-poly1305": Cipher.CHACHA20_POLY1305}
@@ -79,6 +87,21 @@ def _probability(ctx: click.Context, param: click.Parameter, value: float) -> fl
     help="Restart the sender (new session) after this many records.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for records, keys and link.")
+@click.option(
+    "--audit-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the simulated sender's and receiver's audit entries to this file "
+    "(review it with `diode audit show/stats/verify`).",
+)
+@click.option(
+    "--audit-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Ed25519 private key (e.g. keys/sender.key) that signs the audit checkpoints. "
+    "Default: a key made from --seed, whose public half is written next to the log "
+    "(audit.jsonl -> audit.pub).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def simulate(
     records: int,
@@ -100,6 +123,8 @@ def simulate(
     rate: float,
     restart_after: int | None,
     seed: int,
+    audit_log: Path | None,
+    audit_key: Path | None,
     as_json: bool,
 ) -> None:
     """Send generated records through a lossy link and check what arrives.
@@ -115,6 +140,7 @@ def simulate(
       diode simulate --records 100000 --loss 0.05
       diode simulate --loss 0.1 --burst 8 --interleave 8 --json
       diode simulate --repair 0.5 --loss 0.2 --corrupt 0.01 --reorder 0.05
+      diode simulate --loss 0.12 --audit-log sim/audit.jsonl && diode audit stats sim/
     """
     if records < 0 or record_size < 0 or topics < 1 or partitions < 1:
         raise click.BadParameter("records and sizes must be >= 0, topics and partitions >= 1")
@@ -152,7 +178,10 @@ def simulate(
             restart_after=restart_after,
         )
         began = time.perf_counter()
-        result = run_simulation(params)
+        if audit_log is None:
+            result = run_simulation(params)
+        else:
+            result = _run_audited(params, audit_log, audit_key)
         elapsed = time.perf_counter() - began
     except DiodeError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -162,6 +191,70 @@ def simulate(
         _print_table(result, params, elapsed)
     if not result.ok:
         raise click.ClickException("checks failed: " + "; ".join(result.problems[:5]))
+
+
+def _run_audited(params: SimulationParams, path: Path, key_file: Path | None) -> SimulationResult:
+    """Run the simulation with both sides' events written to one audit log.
+
+    Entries are dated by simulated time from the moment the run starts, so intervals and
+    link-down periods read as they would on a real link.
+    """
+    from diode.services.protocol_audit import ProtocolAuditor
+
+    if key_file is not None:
+        key = load_signing_key(key_file)
+    else:
+        key = SigningKey.from_seed(derive_seed(params.seed, "sender"))
+        pub = path.with_suffix(".pub")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_bytes(key.verify_key.to_pem())
+    base = time.time()
+    clock = [base]
+    log = AuditLog(
+        AuditConfig(path=path, actor=Actor.SIMULATE, threaded=False, checkpoint_seconds=None),
+        key,
+        clock=lambda: clock[0],
+    )
+    started = {
+        "config_fingerprint": f"{params.protocol.fingerprint:08x}",
+        "policy_fingerprint": None,
+        "mode": "simulate",
+        "seed": params.seed,
+        "records": params.records,
+        "loss": params.link.loss,
+        "burst": params.link.burst,
+        "k": params.protocol.k,
+        "m": params.protocol.m,
+    }
+    auditors: dict[str, ProtocolAuditor] = {}
+    stopped: dict[str, object]
+    try:
+        for actor in (Actor.SENDER, Actor.RECEIVER):
+            log.append(AuditEvent.SERVICE_START, started, actor=actor)
+            auditors[actor] = ProtocolAuditor(log, actor=actor, interval=1.0)
+
+        def on_event(side: str, event: object, now: float) -> None:
+            clock[0] = base + now
+            auditors[side].handle(event, clock[0])
+
+        callback: EventCallback = on_event
+        result = run_simulation(params, on_event=callback)
+        clock[0] = base + result.simulated_seconds
+        for side, auditor in auditors.items():
+            auditor.close(clock[0])
+            stopped = {
+                "config_fingerprint": started["config_fingerprint"],
+                "policy_fingerprint": None,
+                "records_sent" if side == Actor.SENDER else "records_delivered": (
+                    result.records_sent if side == Actor.SENDER else result.records_delivered
+                ),
+            }
+            if side == Actor.RECEIVER:
+                stopped["records_lost"] = result.records_lost
+            log.append(AuditEvent.SERVICE_STOP, stopped, actor=side)
+    finally:
+        log.close()
+    return result
 
 
 def _as_json(result: SimulationResult, params: SimulationParams, elapsed: float) -> dict[str, Any]:

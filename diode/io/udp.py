@@ -601,8 +601,8 @@ class UdpSender:
             started = now if retry_since is None else retry_since
             if now - started > self.config.retry_timeout_s:
                 raise TransportError(
-                    f"send to {_format(self._remote)} failed: the send queue stayed full ({name.upper()}) "
-                    f"for {now - started:.3f} s, more than retry_timeout_s "
+                    f"send to {_format(self._remote)} failed: the send queue stayed full "
+                    f"({name.upper()}) for {now - started:.3f} s, more than retry_timeout_s "
                     f"{self.config.retry_timeout_s}",
                     errno=code,
                     sent=index,

@@ -351,7 +351,8 @@ class TopicMonitor:
                 ew.var = (1.0 - a) * (ew.var + a * dd)
                 ew.n += 1
         ts = self.timestamp
-        if ts is not None:
+        # a negative timestamp is Kafka's "none given", not a record from before 1970
+        if ts is not None and ts_ms >= 0:
             skew = ts_ms / 1000.0 - now
             if skew > ts.max_future_s or -skew > ts.max_past_s:
                 f = timestamp_finding(ts, ts_ms, now, self.topic, self.rule)

@@ -148,6 +148,7 @@ class _Route:
 
     __slots__ = (
         "blocked",
+        "blocked_kind",
         "crule",
         "limiter",
         "monitor",
@@ -162,6 +163,7 @@ class _Route:
         self.crule = crule
         self.target = target
         self.blocked: Decision | None = None
+        self.blocked_kind = "blocked"
         self.limiter: RateLimiter | None = None
         self.monitor: TopicMonitor | None = None
         self.passed = 0
@@ -298,6 +300,7 @@ class PolicyEngine:
                     (f"target topic {target[:60]!r}... is not a legal Kafka topic name",),
                 )
                 route.blocked = crule_drop
+                route.blocked_kind = "target"
             route.pass_decision = Decision(crule.action, pass_target, rule.id, reasons)
         if topic in self._blocked:
             route.blocked = Decision(
@@ -324,7 +327,7 @@ class PolicyEngine:
                 )
         if route.blocked is not None:
             d = route.blocked
-            self.counts[(d.rule, "drop", "blocked")] += 1
+            self.counts[(d.rule, "drop", route.blocked_kind)] += 1
             return d
         c = route.crule
         if c is None:

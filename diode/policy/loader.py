@@ -38,6 +38,8 @@ from diode.policy.model import (
 
 #: a policy file larger than this is refused before it is parsed
 MAX_POLICY_BYTES = 4 << 20
+#: characters a topic name or glob may contain
+_GLOB_CHARS = frozenset(patterns.TOPIC_ALPHABET + "*?[]!")
 #: a JSON Schema file larger than this is refused before it is read
 MAX_SCHEMA_BYTES = 1 << 20
 
@@ -278,6 +280,20 @@ def _rule_matcher(i: int, rule: Rule, found: list[tuple[Loc, str]]) -> _Matcher 
         nfa = patterns.TopicNFA.from_regex(regex)
     except patterns.PatternError as exc:
         found.append((loc, str(exc)))
+        return None
+    if m.kind != "regex":
+        bad = sorted(set(m.pattern) - _GLOB_CHARS)
+        if bad:
+            found.append(
+                (
+                    loc,
+                    f"topic {m.kind} {m.pattern!r} has characters no Kafka topic name "
+                    f"can contain: {''.join(bad)!r}",
+                )
+            )
+            return None
+    if patterns.find_common_topic([nfa], []) is None:
+        found.append((loc, f"topic {m.kind} {m.pattern!r} cannot match any legal Kafka topic name"))
         return None
     excepts: list[patterns.TopicNFA] = []
     ex_compiled: list[re.Pattern[str]] = []

@@ -186,7 +186,8 @@ def _value_only() -> list[DenyField]:
 
 class DenyPattern(_Strict):
     """A regex that must not occur in the record; see ``diode.policy.patterns`` for the
-    cost bound a pattern must meet."""
+    cost bound a pattern must meet. Headers are searched as ``name: value`` lines, so a
+    pattern can name the header it is about."""
 
     pattern: Annotated[str, Field(min_length=1)]
     in_: list[DenyField] = Field(default_factory=_value_only, alias="in", min_length=1)

@@ -97,6 +97,10 @@ class VerifyKey:
         """First 16 hex digits of SHA-256 of the raw public key."""
         return _fingerprint(self.raw)
 
+    def to_pem(self) -> bytes:
+        """SubjectPublicKeyInfo PEM, the format of ``sender.pub``."""
+        return _public_pem(self._key)
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, VerifyKey) and other.raw == self.raw
 

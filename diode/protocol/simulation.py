@@ -7,8 +7,8 @@ every delivered record equals the one sent, partitions arrive in offset order, n
 delivered twice, every record is either delivered or inside a reported gap, and delivered +
 lost == sent.
 
-Every event of both sessions can be handed to a callback (``on_event(side, event)``), which
-is how an audit log or a trace is attached.
+Every event of both sessions can be handed to a callback (``on_event(side, event, now)``,
+``now`` in simulated seconds from the start), which is how an audit log or a trace is attached.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from diode.protocol.records import Record
 from diode.protocol.sender import SenderEvent, SenderSession
 from diode.protocol.wire import ProtocolConfig
 
-EventCallback = Callable[[str, "Event | SenderEvent"], None]
+EventCallback = Callable[[str, "Event | SenderEvent", float], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,10 +156,10 @@ def run_simulation(
     blocks_lost_unaccounted = 0
     datagrams_sent = 0
 
-    def handle(event: Event) -> None:
+    def handle(event: Event, now: float) -> None:
         nonlocal blocks_lost_unaccounted, redelivered
         if on_event is not None:
-            on_event("receiver", event)
+            on_event("receiver", event, now)
         if isinstance(event, RecordsDelivered):
             for r in event.records:
                 key = (r.topic, r.partition, r.offset)
@@ -192,10 +192,10 @@ def run_simulation(
         elif isinstance(event, BlocksLost):
             blocks_lost_unaccounted += event.last_block - event.first_block + 1
 
-    def drain_receiver() -> None:
+    def drain_receiver(now: float) -> None:
         event = receiver.next_event()
         while event is not None:
-            handle(event)
+            handle(event, now)
             event = receiver.next_event()
 
     def send(datagrams: list[bytes], now: float) -> None:
@@ -206,12 +206,12 @@ def run_simulation(
         timer = receiver.next_timer()
         if timer is not None and now >= timer:
             receiver.poll(now)
-        drain_receiver()
+        drain_receiver(now)
 
-    def drain_sender(sender: SenderSession) -> None:
+    def drain_sender(sender: SenderSession, now: float) -> None:
         if on_event is not None:
             for ev in sender.events():
-                on_event("sender", ev)
+                on_event("sender", ev, now)
 
     now = 0.0
     sender = SenderSession(cfg, signing_key, receiver_key.public_key, sender_rng.randbytes, now)
@@ -227,7 +227,7 @@ def run_simulation(
             out += sender.poll(now)
         if out:
             send(out, now)
-        drain_sender(sender)
+        drain_sender(sender, now)
         i += 1
         if restart_after is not None and i == restart_after:
             restart_after = None
@@ -250,7 +250,7 @@ def run_simulation(
 
     # the tail: flush, then let simulated time run until every timer has fired
     send(sender.flush(now), now)
-    drain_sender(sender)
+    drain_sender(sender, now)
     step = min(cfg.heartbeat_interval, cfg.manifest_interval, 0.01)
     settle = (
         now
@@ -262,9 +262,9 @@ def run_simulation(
     while now < settle:
         now += step
         send(sender.poll(now) + link.drain(), now)
-        drain_sender(sender)
+        drain_sender(sender, now)
         receiver.poll(now)
-        drain_receiver()
+        drain_receiver(now)
 
     gap_keys: set[tuple[str, int, int]] = set()
     for key in sent:

@@ -128,6 +128,9 @@ def test_timestamp_skew(engine_of: Engine) -> None:
     (f,) = e.evaluate(past, NOW).findings
     assert (round(f.observed), f.threshold) == (-7200, -3600)
     assert e.evaluate(record("plant.a", 50, NOW - 30, rng), NOW).findings == ()
+    # Kafka's "no timestamp" (-1) is not a record from 1970
+    no_ts = Record("plant.a", 0, 0, -1, None, b'{"value": 50}', ())
+    assert e.evaluate(no_ts, NOW).findings == ()
 
 
 def test_silence_is_reported_once_and_rearms(engine_of: Engine) -> None:

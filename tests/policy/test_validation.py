@@ -178,6 +178,18 @@ CASES: list[tuple[str, str, int, str]] = [
         3,
         "would cross the diode",
     ),
+    (
+        "glob with characters no topic has",
+        "version: 1\nname: t\nrules:\n  - id: a\n    match: {glob: 'plant/*'}\n",
+        5,
+        "characters no Kafka topic name can contain: '/'",
+    ),
+    (
+        "regex that matches no topic",
+        "version: 1\nname: t\nrules:\n  - id: a\n    match: {regex: 'plant/.*'}\n",
+        5,
+        "cannot match any legal Kafka topic name",
+    ),
     ("YAML syntax", "version: 1\nname: [t\n", 3, "YAML"),
     ("duplicate YAML key", "version: 1\nname: t\nname: u\n", 3, "YAML"),
     ("not a mapping", "- a\n- b\n", 1, "a policy file is a YAML mapping"),

@@ -1,0 +1,222 @@
+"""Turn protocol session events into audit entries.
+
+Owns the mapping from what the sessions report (``diode.protocol.events``) to what an
+auditor reads (``diode.audit.AuditEvent``). The receiver service and ``diode simulate`` share
+it, so a simulated run's log reads exactly like a real one.
+
+Per-datagram and per-record events are aggregated, never written one by one: rejected
+datagrams become one ``datagrams_rejected`` entry per reason per interval (through
+``RejectionAggregator``), delivered records one ``records_delivered`` entry per source
+partition per interval with the offset range, count and bytes. Everything that means loss
+(``gap``, ``blocks_lost``) or a change of trust (session start/restart, key rotation, link
+down/up) is written at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from diode.audit import AuditEvent, RejectionAggregator, format_time
+from diode.protocol.events import (
+    BlocksLost,
+    DatagramRejected,
+    GapDetected,
+    HeartbeatMissed,
+    KeyRotated,
+    LinkUp,
+    RecordsDelivered,
+    SessionEnded,
+    SessionStarted,
+)
+
+#: audit events this module adds to the vocabulary of ``diode.audit.AuditEvent``
+RECORDS_DELIVERED = "records_delivered"
+BLOCKS_LOST = "blocks_lost"
+SESSION_END = "session_end"
+
+
+class ActorLog(Protocol):
+    """The part of ``AuditLog`` used here (an in-memory sink works in tests)."""
+
+    def append(
+        self, event: str, fields: Mapping[str, object], *, actor: str | None = None
+    ) -> None: ...
+
+
+class _ActorSink:
+    """Writes as one actor: lets a single log hold a simulated sender and receiver."""
+
+    __slots__ = ("_actor", "_log")
+
+    def __init__(self, log: ActorLog, actor: str | None) -> None:
+        self._log = log
+        self._actor = actor
+
+    def append(self, event: str, fields: Mapping[str, object]) -> None:
+        self._log.append(event, fields, actor=self._actor)
+
+
+@dataclass(slots=True)
+class _Range:
+    first_offset: int
+    last_offset: int
+    count: int
+    bytes: int
+
+
+class ProtocolAuditor:
+    """Feed it every event of one session side with ``handle(event, now)``.
+
+    ``now`` is wall-clock seconds since the epoch (it dates aggregation intervals); call
+    ``tick(now)`` from the program's loop so quiet intervals still close, and ``close(now)``
+    at shutdown to write what is pending.
+    """
+
+    def __init__(self, log: ActorLog, *, actor: str | None = None, interval: float = 10.0) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval is {interval}, must be positive")
+        self._sink = _ActorSink(log, actor)
+        self._rejections = RejectionAggregator(self._sink, interval)
+        self._interval = interval
+        self._window_start: float | None = None
+        self._delivered: dict[tuple[str, int], _Range] = {}
+        self.records_delivered = 0
+        self.records_lost = 0
+
+    def handle(self, event: object, now: float) -> None:
+        # close an interval that is over before the event lands in the next one
+        self.tick(now)
+        if isinstance(event, RecordsDelivered):
+            self._deliver(event, now)
+        elif isinstance(event, DatagramRejected):
+            self._rejections.reject(event.reason, now, event.detail[:200])
+        elif isinstance(event, GapDetected):
+            # a gap must never appear before the deliveries that preceded it
+            self._flush_delivered(now)
+            self.records_lost += event.count
+            self._sink.append(
+                AuditEvent.GAP,
+                {
+                    "session_id": event.session_id.hex(),
+                    "topic": event.topic,
+                    "partition": event.partition,
+                    "first_offset": event.first_offset,
+                    "last_offset": event.last_offset,
+                    "count": event.count,
+                    "reason": event.reason,
+                    "block": event.block,
+                },
+            )
+        elif isinstance(event, BlocksLost):
+            self._sink.append(
+                BLOCKS_LOST,
+                {
+                    "session_id": event.session_id.hex(),
+                    "first_block": event.first_block,
+                    "last_block": event.last_block,
+                    "reason": event.reason,
+                },
+            )
+        elif isinstance(event, SessionStarted):
+            self._flush_delivered(now)
+            if event.restart:
+                self._sink.append(
+                    AuditEvent.SESSION_RESTART,
+                    {
+                        "session_id": event.session_id.hex(),
+                        "previous_session_id": (
+                            event.previous_session_id.hex()
+                            if event.previous_session_id is not None
+                            else None
+                        ),
+                        "key_id": event.key_id,
+                    },
+                )
+            else:
+                self._sink.append(
+                    AuditEvent.SESSION_START,
+                    {"session_id": event.session_id.hex(), "key_id": event.key_id},
+                )
+        elif isinstance(event, SessionEnded):
+            self._flush_delivered(now)
+            self._sink.append(
+                SESSION_END,
+                {
+                    "session_id": event.session_id.hex(),
+                    "blocks_delivered": event.blocks_delivered,
+                    "blocks_lost": event.blocks_lost,
+                },
+            )
+        elif isinstance(event, KeyRotated):
+            self._sink.append(
+                AuditEvent.KEY_ROTATION,
+                {
+                    "session_id": event.session_id.hex(),
+                    "key_id": event.key_id,
+                    "previous_key_id": event.previous_key_id,
+                },
+            )
+        elif isinstance(event, HeartbeatMissed):
+            self._sink.append(
+                AuditEvent.LINK_DOWN,
+                {"session_id": event.session_id.hex(), "silent_for": round(event.silent_for, 6)},
+            )
+        elif isinstance(event, LinkUp):
+            self._sink.append(
+                AuditEvent.LINK_UP,
+                {
+                    "session_id": event.session_id.hex(),
+                    "after_silence": (
+                        round(event.after_silence, 6) if event.after_silence is not None else None
+                    ),
+                },
+            )
+
+    def _deliver(self, event: RecordsDelivered, now: float) -> None:
+        if self._window_start is None:
+            self._window_start = now
+        ranges = self._delivered
+        for r in event.records:
+            key = (r.topic, r.partition)
+            size = r.size
+            span = ranges.get(key)
+            if span is None:
+                ranges[key] = _Range(r.offset, r.offset, 1, size)
+            else:
+                span.last_offset = r.offset
+                span.count += 1
+                span.bytes += size
+        self.records_delivered += len(event.records)
+
+    def tick(self, now: float) -> None:
+        self._rejections.tick(now)
+        if self._window_start is not None and now - self._window_start >= self._interval:
+            self._flush_delivered(now)
+
+    def close(self, now: float) -> None:
+        self._flush_delivered(now)
+        self._rejections.flush(now)
+
+    def _flush_delivered(self, now: float) -> None:
+        if self._window_start is None:
+            return
+        start = self._window_start
+        ranges = self._delivered
+        self._window_start = None
+        self._delivered = {}
+        for (topic, partition), span in sorted(ranges.items()):
+            self._sink.append(
+                RECORDS_DELIVERED,
+                {
+                    "topic": topic,
+                    "partition": partition,
+                    "first_offset": span.first_offset,
+                    "last_offset": span.last_offset,
+                    "count": span.count,
+                    "bytes": span.bytes,
+                    "interval_start": format_time(start),
+                    "interval_end": format_time(now),
+                },
+            )
