@@ -160,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seconds = 0.5 if args.quick else args.seconds
     rates = [int(float(r)) for r in args.rates.split(",") if r.strip()]
+    load_before = round(os.getloadavg()[0], 2)
     unpaced = [
         _run(seconds, gso=gso, gro=gro, rate=None) for gso in (False, True) for gro in (False, True)
     ]
@@ -171,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0],
         "kernel": platform.release(),
         "cpus": os.cpu_count(),
+        # other work on the host steals the receiver's core and the pacer's wake-ups
+        "loadavg_1min_before": load_before,
         "unpaced": unpaced,
         "paced": paced,
     }

@@ -47,7 +47,9 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-from collections.abc import Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from diode.errors import ConfigError, FECError
@@ -55,11 +57,16 @@ from diode.errors import ConfigError, FECError
 __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
+    "Buffer",
     "ErasureCodec",
+    "FecWorker",
     "RaptorQCodec",
     "ZfecCodec",
     "get_codec",
 ]
+
+#: what the codecs accept as a symbol or a block: the hot paths pass memoryview slices
+Buffer = bytes | bytearray | memoryview
 
 
 class ErasureCodec(Protocol):
@@ -78,11 +85,18 @@ class ErasureCodec(Protocol):
         """Symbols beyond k needed for a reliable decode (0 for an MDS code)."""
         ...
 
-    def encode(self, source: Sequence[bytes], m: int) -> list[bytes]:
+    def encode(self, source: Sequence[Buffer], m: int) -> list[bytes]:
         """k equal-length source symbols -> m repair symbols of the same length."""
         ...
 
-    def decode(self, k: int, m: int, received: Mapping[int, bytes]) -> list[bytes]:
+    def encode_block(self, block: Buffer, k: int, m: int) -> list[bytes]:
+        """Like ``encode`` for a block whose k source symbols lie end to end in ``block``.
+
+        The sessions' path: one length check instead of one per symbol, no copies.
+        """
+        ...
+
+    def decode(self, k: int, m: int, received: Mapping[int, Buffer]) -> list[Buffer]:
         """Rebuild the k source symbols (in order) from any sufficient subset.
 
         Indices ``0..k-1`` are source, ``k..k+m-1`` repair. Raises ``FECError`` (with the
@@ -119,7 +133,17 @@ def _check_length(codec: ErasureCodec, length: int) -> None:
         )
 
 
-def _check_source(codec: ErasureCodec, source: Sequence[bytes], m: int) -> int:
+def _check_joined(codec: ErasureCodec, block: Buffer, k: int, m: int) -> int:
+    """Validate an ``encode_block`` call; return the symbol length."""
+    _check_params(codec, k, m)
+    size = len(block)
+    if size % k:
+        raise FECError(f"{codec.name}: block of {size} bytes does not split into k={k} symbols")
+    _check_length(codec, size // k)
+    return size // k
+
+
+def _check_source(codec: ErasureCodec, source: Sequence[Buffer], m: int) -> int:
     """Validate an encode call; return the common symbol length."""
     k = len(source)
     _check_params(codec, k, m)
@@ -134,7 +158,7 @@ def _check_source(codec: ErasureCodec, source: Sequence[bytes], m: int) -> int:
     return length
 
 
-def _check_received(codec: ErasureCodec, k: int, m: int, received: Mapping[int, bytes]) -> int:
+def _check_received(codec: ErasureCodec, k: int, m: int, received: Mapping[int, Buffer]) -> int:
     """Validate a decode call; return the common symbol length."""
     _check_params(codec, k, m)
     n = k + m
@@ -161,7 +185,7 @@ def _check_received(codec: ErasureCodec, k: int, m: int, received: Mapping[int, 
     return length
 
 
-def _all_source(k: int, received: Mapping[int, bytes]) -> list[bytes] | None:
+def _all_source(k: int, received: Mapping[int, Buffer]) -> list[Buffer] | None:
     """The k source symbols, if every one of them arrived: nothing to decode then."""
     try:
         return [received[i] for i in range(k)]
@@ -181,6 +205,11 @@ def _zfec_encoder(k: int, n: int) -> Any:
     import zfec
 
     return zfec.Encoder(k, n)
+
+
+@functools.lru_cache(maxsize=_ZFEC_CACHE_SIZE)
+def _repair_ids(k: int, m: int) -> tuple[int, ...]:
+    return tuple(range(k, k + m))
 
 
 @functools.lru_cache(maxsize=_ZFEC_CACHE_SIZE)
@@ -207,18 +236,29 @@ class ZfecCodec:
     def overhead(self) -> int:
         return 0
 
-    def encode(self, source: Sequence[bytes], m: int) -> list[bytes]:
+    def encode(self, source: Sequence[Buffer], m: int) -> list[bytes]:
         _check_source(self, source, m)
         if m == 0:
             return []
-        k = len(source)
+        return self._encode(tuple(source), len(source), m)
+
+    def encode_block(self, block: Buffer, k: int, m: int) -> list[bytes]:
+        length = _check_joined(self, block, k, m)
+        if m == 0:
+            return []
+        view = memoryview(block)
+        return self._encode(
+            tuple([view[i : i + length] for i in range(0, k * length, length)]), k, m
+        )
+
+    def _encode(self, source: tuple[Buffer, ...], k: int, m: int) -> list[bytes]:
         try:
-            repair = _zfec_encoder(k, k + m).encode(tuple(source), tuple(range(k, k + m)))
+            repair: list[bytes] = _zfec_encoder(k, k + m).encode(source, _repair_ids(k, m))
         except self._library_error as exc:
             raise FECError(f"zfec: cannot encode k={k}, m={m}: {exc}") from exc
-        return [bytes(symbol) for symbol in repair]
+        return repair
 
-    def decode(self, k: int, m: int, received: Mapping[int, bytes]) -> list[bytes]:
+    def decode(self, k: int, m: int, received: Mapping[int, Buffer]) -> list[Buffer]:
         _check_received(self, k, m, received)
         source = _all_source(k, received)
         if source is not None:
@@ -235,7 +275,8 @@ class ZfecCodec:
             ) from exc
         if len(out) != k:
             raise FECError(f"zfec: decode returned {len(out)} symbols, expected k={k}")
-        return [bytes(symbol) for symbol in out]
+        # zfec hands back bytes objects (the received ones or fresh ones): no copy needed
+        return list(out)
 
 
 # --- RaptorQ ---------------------------------------------------------------------------
@@ -275,18 +316,28 @@ class RaptorQCodec:
                 f"exceeds {self.max_block_bytes}"
             )
 
-    def encode(self, source: Sequence[bytes], m: int) -> list[bytes]:
+    def encode(self, source: Sequence[Buffer], m: int) -> list[bytes]:
         length = _check_source(self, source, m)
         k = len(source)
         self._check_block(k, length)
         if m == 0:
             return []
-        packets = self._lib.Encoder.with_defaults(b"".join(source), length).get_encoded_packets(m)
+        return self._encode(b"".join(source), k, m, length)
+
+    def encode_block(self, block: Buffer, k: int, m: int) -> list[bytes]:
+        length = _check_joined(self, block, k, m)
+        self._check_block(k, length)
+        if m == 0:
+            return []
+        return self._encode(bytes(block), k, m, length)
+
+    def _encode(self, block: bytes, k: int, m: int, length: int) -> list[bytes]:
+        packets = self._lib.Encoder.with_defaults(block, length).get_encoded_packets(m)
         # a packet is a 4-byte payload id (source block 0, 24-bit symbol id) and the symbol
         if (
             len(packets) != k + m
             or len(packets[0]) != length + 4
-            or packets[0][4:] != source[0]
+            or packets[0][4:] != block[:length]
             or packets[k][:4] != k.to_bytes(4, "big")
         ):
             raise FECError(
@@ -295,7 +346,7 @@ class RaptorQCodec:
             )
         return [packet[4:] for packet in packets[k:]]
 
-    def decode(self, k: int, m: int, received: Mapping[int, bytes]) -> list[bytes]:
+    def decode(self, k: int, m: int, received: Mapping[int, Buffer]) -> list[Buffer]:
         length = _check_received(self, k, m, received)
         self._check_block(k, length)
         source = _all_source(k, received)
@@ -304,7 +355,7 @@ class RaptorQCodec:
         decoder = self._lib.Decoder.with_defaults(k * length, length)
         block: bytes | None = None
         for index in sorted(received):
-            block = decoder.decode(index.to_bytes(4, "big") + received[index])
+            block = decoder.decode(index.to_bytes(4, "big") + bytes(received[index]))
             if block is not None:
                 break
         if block is None:
@@ -314,11 +365,82 @@ class RaptorQCodec:
             )
         if len(block) != k * length:
             raise FECError(f"raptorq: decoded block is {len(block)} bytes, expected {k * length}")
-        out = [block[i * length : (i + 1) * length] for i in range(k)]
+        out: list[Buffer] = [block[i * length : (i + 1) * length] for i in range(k)]
         for index, symbol in received.items():
             if index < k and out[index] != symbol:
                 raise FECError(f"raptorq: decoded source symbol {index} differs from received")
         return out
+
+
+# --- worker thread ------------------------------------------------------------------------
+
+
+class FecWorker:
+    """One background thread that runs codec calls, handing results back in submission order.
+
+    zfec releases the GIL while it computes, so a session that submits a block's encode (or
+    decode) here and collects the result later lets the codec run on a second core while the
+    session's Python goes on. The thread only computes: which results a session consumes, and
+    when, depends only on its own calls, never on how far the thread has got, so a session's
+    output is the same with or without a worker. An exception raised by a call is re-raised by
+    ``result`` for that call.
+    """
+
+    __slots__ = ("_jobs", "_outstanding", "_results", "_thread")
+
+    def __init__(self, name: str = "diode-fec") -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._results: queue.SimpleQueue[tuple[bool, Any]] = queue.SimpleQueue()
+        self._outstanding = 0
+        self._thread = threading.Thread(
+            target=_work, args=(self._jobs, self._results), name=name, daemon=True
+        )
+        self._thread.start()
+
+    @property
+    def outstanding(self) -> int:
+        """Calls submitted whose result has not been taken yet."""
+        return self._outstanding
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        if not self._thread.is_alive():
+            raise FECError("FEC worker thread is closed")
+        self._outstanding += 1
+        self._jobs.put((fn, args))
+
+    def result(self) -> Any:
+        """The result of the oldest call not yet taken (waits for it)."""
+        if not self._outstanding:
+            raise FECError("FEC worker: no call is outstanding")
+        self._outstanding -= 1
+        ok, value = self._results.get()
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Stop the thread once the calls already submitted are done; idempotent."""
+        if self._thread.is_alive():
+            self._jobs.put(None)
+            self._thread.join()
+
+
+def _work(
+    jobs: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None],
+    results: queue.SimpleQueue[tuple[bool, Any]],
+) -> None:
+    # a module function, not a method: the thread must not keep its owner alive
+    while True:
+        job = jobs.get()
+        if job is None:
+            return
+        fn, args = job
+        try:
+            results.put((True, fn(*args)))
+        except Exception as exc:  # handed to the consumer, which re-raises it
+            results.put((False, exc))
 
 
 # --- registry --------------------------------------------------------------------------

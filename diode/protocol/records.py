@@ -23,9 +23,7 @@ from diode.errors import DecodeError, LocalProtocolError
 Header = tuple[str, bytes | None]
 
 
-class Record(
-    msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True
-):
+class Record(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
     """One Kafka record, as read from a source partition.
 
     ``timestamp`` is milliseconds since the UNIX epoch, as Kafka stores it.
@@ -94,8 +92,11 @@ def encode_batch(records: Sequence[Record]) -> bytes:
     return _encoder.encode(records if isinstance(records, list | tuple) else list(records))
 
 
-def _array_header(n: int) -> bytes:
-    # MessagePack's smallest array header for n elements, as every encoder writes it
+def batch_header(n: int) -> bytes:
+    """The bytes a batch of ``n`` records starts with: ``join_encoded`` without the records.
+
+    MessagePack's smallest array header for n elements, as every encoder writes it.
+    """
     if n < 16:
         return bytes((0x90 | n,))
     if n < 1 << 16:
@@ -107,7 +108,7 @@ def _array_header(n: int) -> bytes:
 
 def join_encoded(encoded: Sequence[bytes]) -> bytes:
     """A batch from records already encoded by ``encode_record``; equal to ``encode_batch``."""
-    return b"".join((_array_header(len(encoded)), *encoded))
+    return b"".join((batch_header(len(encoded)), *encoded))
 
 
 def _batch_length(data: bytes) -> int:

@@ -18,9 +18,12 @@ record is refused with ``LocalProtocolError`` (``max_record_size`` says where th
 from __future__ import annotations
 
 import hashlib
+import struct
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import zip_longest
 
 from diode.errors import LocalProtocolError
 from diode.protocol.crypto import (
@@ -32,15 +35,14 @@ from diode.protocol.crypto import (
     wrap_session_key,
 )
 from diode.protocol.events import KeyRotated, PartitionMark, SenderCounters, SessionStarted
-from diode.protocol.fec import get_codec
-from diode.protocol.records import Compression, Record, compress, encode_record, join_encoded
+from diode.protocol.fec import Buffer, FecWorker, get_codec
+from diode.protocol.records import Compression, Record, batch_header, compress, encode_record
 from diode.protocol.wire import (
     BLOCK_HEADER,
     BLOCK_HEADER_SIZE,
     HEADER,
     HEADER_PREFIX,
     HEADER_SIZE,
-    HEADER_TAIL,
     MAGIC,
     NONCE,
     SESSION_ID_SIZE,
@@ -69,6 +71,10 @@ _ANNOUNCE_EVERY = 1024
 _DATA = int(DatagramType.DATA)
 _MANIFEST = int(DatagramType.MANIFEST)
 _HEARTBEAT = int(DatagramType.HEARTBEAT)
+#: DATA header after the symbol index (k, m, symbol length) and the nonce's first byte; the
+#: rest of both is fixed per block, so each datagram only joins precomputed pieces
+_SHAPE = struct.Struct(">HHH")
+_DATA_NONCE_TYPE = bytes((_DATA,))
 
 
 class _Key:
@@ -84,6 +90,38 @@ class _Key:
         self.announcement = announcement
         self.created = now
         self.bytes_used = 0
+
+
+class _Closed:
+    """A closed block's datagrams, waiting in the interleave group.
+
+    With a worker thread the repair symbols are computed there: ``waiting`` is set and the
+    header pieces are kept to seal them once the result is taken.
+    """
+
+    __slots__ = ("datagrams", "k", "npre", "pending", "post", "pre", "seal", "size", "waiting")
+
+    def __init__(
+        self,
+        datagrams: list[bytes],
+        pending: _Pending,
+        size: int,
+        waiting: bool,
+        k: int,
+        pre: bytes,
+        post: bytes,
+        npre: bytes,
+        seal: Callable[[bytes, Buffer, Buffer | None], bytes],
+    ) -> None:
+        self.datagrams = datagrams
+        self.pending = pending
+        self.size = size  # bytes of one datagram
+        self.waiting = waiting
+        self.k = k
+        self.pre = pre
+        self.post = post
+        self.npre = npre
+        self.seal = seal
 
 
 @dataclass(slots=True)
@@ -111,7 +149,10 @@ class SenderSession:
         now: float,
         *,
         policy_fingerprint: bytes = bytes(32),
+        fec_thread: bool = False,
     ) -> None:
+        """``fec_thread``: run the FEC encode on a worker thread (a second core); the
+        datagrams are the same, call by call. Call ``close`` to stop the thread."""
         if len(policy_fingerprint) != 32:
             raise LocalProtocolError(
                 f"policy fingerprint is {len(policy_fingerprint)} bytes, expected 32"
@@ -135,8 +176,18 @@ class SenderSession:
         # a manifest entry must fit one manifest datagram: bounds partitions per block
         self._manifest_room = config.payload_size - HEADER_SIZE - TAG_SIZE - SIGNATURE_SIZE - 4
 
+        # per symbol index: its bytes in the header and in the nonce
+        most = config.max_k + config.repair_for(config.max_k)
+        self._index_bytes = [i.to_bytes(2, "big") for i in range(most)]
+        self._nonce_index = [i.to_bytes(2, "big") + b"\0" for i in range(most)]
+
         self._events: deque[SenderEvent] = deque()
         self._outbox: list[bytes] = []
+        # worker mode: groups whose repair symbols are still computed, each with what was
+        # emitted before it; ``_ready`` holds what was released while others still wait
+        self._worker: FecWorker | None = None
+        self._held: deque[tuple[list[bytes], list[_Closed]]] = deque()
+        self._ready: list[bytes] = []
         self._next_block = 0
         self._manifest_seq = 0
         self._heartbeat_seq = 0
@@ -150,7 +201,7 @@ class SenderSession:
         self._opened_at = 0.0
 
         # closed blocks waiting to be interleaved
-        self._group: list[tuple[list[bytes], _Pending]] = []
+        self._group: list[_Closed] = []
         self._group_started = 0.0
 
         self._manifest_queue: deque[_Pending] = deque()
@@ -183,6 +234,16 @@ class SenderSession:
         self._next_announce = now
         self._next_heartbeat = now
         self._control(now)
+        if fec_thread:
+            self._worker = FecWorker("diode-sender-fec")
+            self._finalizer = weakref.finalize(self, self._worker.close)
+
+    def close(self) -> None:
+        """Stop the FEC worker thread, if any (the session stays usable, without it)."""
+        if self._worker is not None:
+            self._release()
+            self._finalizer()
+            self._worker = None
 
     # ------------------------------------------------------------------ keys
 
@@ -236,18 +297,50 @@ class SenderSession:
     def add(self, record: Record, now: float) -> list[bytes]:
         """Queue one record; returns datagrams ready to send (often none)."""
         self._add(record, encode_record(record), now)
-        out = self._outbox
-        if out:
-            self._outbox = []
-            return out
-        return []
+        return self._take()
 
     def add_many(self, records: Iterable[Record], now: float) -> list[bytes]:
         """Queue records in order; returns datagrams ready to send."""
-        add = self._add
-        for record in records:
-            add(record, encode_record(record), now)
+        # the common case inline: the record fits the open block and extends a range it
+        # already holds; anything else (new range, full block, errors) goes through _add
+        encode = encode_record
+        capacity = self._capacity
+        enc_list = self._enc
+        ranges = self._ranges
+        room = capacity - self._enc_bytes
+        taken = 0
+        try:
+            for record in records:
+                enc = encode(record)
+                n = len(enc)
+                if n <= room:
+                    rng = ranges.get((record.topic, record.partition))
+                    if rng is not None and record.offset > rng[1]:
+                        rng[1] = record.offset
+                        rng[2] += 1
+                        enc_list.append(enc)
+                        room -= n
+                        taken += 1
+                        continue
+                self._enc_bytes = capacity - room
+                self._n_records += taken
+                taken = 0
+                self._add(record, enc, now)
+                enc_list = self._enc
+                ranges = self._ranges
+                room = capacity - self._enc_bytes
+        finally:
+            self._enc_bytes = capacity - room
+            self._n_records += taken
+        return self._take()
+
+    def _take(self) -> list[bytes]:
+        """Everything emitted so far, in order, for the caller to send."""
+        if self._held:
+            self._release()
         out = self._outbox
+        if not out:
+            return []
         self._outbox = []
         return out
 

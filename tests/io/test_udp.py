@@ -116,9 +116,12 @@ def receiver(request: pytest.FixtureRequest) -> Iterator[UdpReceiver]:
         yield r
 
 
-def _sender(receiver: UdpReceiver, **kw: Any) -> UdpSender:
+def _sender(receiver: UdpReceiver, clock: FakeClock | None = None, **kw: Any) -> UdpSender:
     host, port = receiver.local_address
-    return UdpSender(UdpSenderConfig(host=host, port=port, **kw))
+    config = UdpSenderConfig(host=host, port=port, **kw)
+    if clock is None:
+        return UdpSender(config)
+    return UdpSender(config, clock=clock, wait=clock.wait)
 
 
 # -- round trips ----------------------------------------------------------------------------
@@ -252,9 +255,7 @@ def test_gso_failure_at_run_time_falls_back_and_stays_off(receiver: UdpReceiver,
 def test_full_queue_is_retried_and_counted(receiver: UdpReceiver, gso: bool) -> None:
     clock = FakeClock()
     batch = [b"r" * 1000] * 8
-    with _sender(receiver, gso=gso, sndbuf_bytes=1 << 20) as sender:
-        sender._clock = clock
-        sender._wait = clock.wait
+    with _sender(receiver, clock, gso=gso, sndbuf_bytes=1 << 20) as sender:
         errs = [errno.ENOBUFS, errno.EAGAIN, errno.ENOBUFS]
         sender._sock = FlakySocket(  # type: ignore[assignment]
             sender._sock, send=errs if not sender.gso_enabled else [], sendmsg=errs
@@ -271,9 +272,7 @@ def test_full_queue_is_retried_and_counted(receiver: UdpReceiver, gso: bool) -> 
 
 def test_queue_that_stays_full_fails_after_the_retry_timeout(receiver: UdpReceiver) -> None:
     clock = FakeClock()
-    with _sender(receiver, gso=False, retry_timeout_s=0.05) as sender:
-        sender._clock = clock
-        sender._wait = clock.wait
+    with _sender(receiver, clock, gso=False, retry_timeout_s=0.05) as sender:
         sender._sock = FlakySocket(  # type: ignore[assignment]
             sender._sock, send=[errno.ENOBUFS] * 10_000, sendmsg=[]
         )
@@ -308,6 +307,7 @@ def test_refused_datagram_raises_with_its_index(receiver: UdpReceiver) -> None:
     assert info.value.sent == 1
     assert info.value.errno == errno.EMSGSIZE
     assert c.error("emsgsize") == 1
+    assert (c.datagrams_sent, c.bytes_sent) == (1, 100)
     assert _drain(receiver, 1) == [b"a" * 100]
     assert receiver.recv_batch(10, 0) == []
 
@@ -346,12 +346,8 @@ def test_sender_keeps_the_configured_rate(receiver: UdpReceiver, gso: bool) -> N
     rate_bits = 100_000_000
     burst = 20_000
     n, size = 300, 1000
-    with _sender(receiver, gso=gso, rate_bits_per_s=rate_bits, burst_bytes=burst) as sender:
-        sender._clock = clock
-        sender._wait = clock.wait
+    with _sender(receiver, clock, gso=gso, rate_bits_per_s=rate_bits, burst_bytes=burst) as sender:
         assert sender.pacer is not None
-        sender.pacer.clock = clock
-        sender.pacer._last = clock.now
         for _ in range(3):
             sender.send_many([b"p" * size] * (n // 3))
         c = sender.counters()
@@ -537,3 +533,26 @@ def test_source_of_the_other_family_is_a_config_error(receiver: UdpReceiver) -> 
 def test_missing_interface_is_a_config_error(receiver: UdpReceiver) -> None:
     with pytest.raises(ConfigError, match="interface 'nosuchif0'"):
         _sender(receiver, interface="nosuchif0")
+
+
+def test_both_ends_can_bind_to_an_interface() -> None:
+    try:
+        receiver = UdpReceiver(UdpReceiverConfig(host="127.0.0.1", interface="lo"))
+    except ConfigError as exc:
+        if "CAP_NET_RAW" in str(exc):
+            pytest.skip(str(exc))
+        raise
+    with receiver, _sender(receiver, interface="lo") as sender:
+        sender.send_many([b"on lo"] * 3)
+        assert _drain(receiver, 3) == [b"on lo"] * 3
+
+
+@pytest.mark.parametrize("host", FAMILIES)
+def test_sender_asks_the_kernel_to_report_a_full_queue(host: str) -> None:
+    """Without IP_RECVERR Linux turns ENOBUFS into a silent drop; the sender must see it."""
+    with (
+        UdpReceiver(UdpReceiverConfig(host=host)) as receiver,
+        _sender(receiver) as sender,
+    ):
+        level, option = (socket.IPPROTO_IPV6, 25) if sender.ipv6 else (socket.IPPROTO_IP, 11)
+        assert sender._sock.getsockopt(level, option) == 1
