@@ -484,7 +484,8 @@ class UdpSender:
                 )
             # A run: what one pacing step covers and, with GSO, one system call.
             j = i + 1
-            if gso and size > 0:
+            run_gso = gso and size > 0
+            if run_gso:
                 stop = min(n, i + min(max_segments, MAX_GSO_BYTES // size))
                 while j < stop and len(datagrams[j]) == size:
                     j += 1
@@ -509,7 +510,7 @@ class UdpSender:
                     self._wait_s += delay
                     self._wait(delay)
             try:
-                if count > 1 and gso:
+                if count > 1 and run_gso:
                     if self._send_gso(datagrams[i:j], size, i):
                         self._gso_batches += 1
                         self._gso_datagrams += count

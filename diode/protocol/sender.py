@@ -21,7 +21,7 @@ import hashlib
 import struct
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import zip_longest
 
@@ -325,12 +325,14 @@ class SenderSession:
                 self._enc_bytes = capacity - room
                 self._n_records += taken
                 taken = 0
+                room = -1  # while _add runs, self._enc_bytes is the truth
                 self._add(record, enc, now)
                 enc_list = self._enc
                 ranges = self._ranges
                 room = capacity - self._enc_bytes
         finally:
-            self._enc_bytes = capacity - room
+            if room >= 0:
+                self._enc_bytes = capacity - room
             self._n_records += taken
         return self._take()
 
@@ -388,26 +390,36 @@ class SenderSession:
 
     def _close_block(self, now: float) -> None:
         cfg = self.config
-        records = len(self._enc)
-        batch = join_encoded(self._enc)
-        raw_length = len(batch)
+        enc = self._enc
+        records = len(enc)
+        head = batch_header(records)
+        raw_length = len(head) + self._enc_bytes
         self._n_record_bytes += raw_length
         if cfg.compression != Compression.NONE:
-            batch = compress(batch, cfg.compression)
-        length = BLOCK_HEADER_SIZE + len(batch)
-        k = -(-length // self._symbol)
+            parts: list[bytes] = [compress(b"".join((head, *enc)), cfg.compression)]
+            batch_length = len(parts[0])
+        else:
+            parts = enc
+            batch_length = raw_length
+        length = BLOCK_HEADER_SIZE + batch_length
+        symbol = self._symbol
+        k = -(-length // symbol)
         symlen = -(-length // k)
         symlen += -symlen % self._align
         m = cfg.repair_for(k)
         padding = k * symlen - length
-        block = (
-            BLOCK_HEADER.pack(len(batch), raw_length, records, cfg.compression, 0)
-            + batch
-            + bytes(padding)
-        )
-        source = [block[i * symlen : (i + 1) * symlen] for i in range(k)]
-        symbols = source + self._codec.encode(source, m) if m else source
+        header = BLOCK_HEADER.pack(batch_length, raw_length, records, cfg.compression, 0)
+        if parts is enc:
+            block = b"".join((header, head, *enc, bytes(padding)))
+        else:
+            block = b"".join((header, parts[0], bytes(padding)))
         digest = hashlib.sha256(block).digest()
+        worker = self._worker
+        if worker is not None and m:
+            worker.submit(self._codec.encode_block, block, k, m)
+            repair: list[bytes] = []
+        else:
+            repair = self._codec.encode_block(block, k, m) if m else []
 
         number = self._next_block
         self._next_block = number + 1
@@ -418,17 +430,19 @@ class SenderSession:
         ):
             self._rotate(now)
             key = self._current
-        prefix = key.prefix
+        number_bytes = number.to_bytes(8, "big")
+        pre = key.prefix + number_bytes
+        post = _SHAPE.pack(k, m, symlen)
+        npre = _DATA_NONCE_TYPE + number_bytes
         seal = key.seal
-        tail = HEADER_TAIL.pack
-        nonce = NONCE.pack
-        datagrams = []
-        for index, symbol in enumerate(symbols):
-            header = prefix + tail(number, index, k, m, symlen)
-            datagrams.append(header + seal(nonce(_DATA, number, index), symbol, header))
-        key.bytes_used += len(symbols) * symlen
+        view = memoryview(block)
+        source: list[Buffer] = [view[i : i + symlen] for i in range(0, k * symlen, symlen)]
+        datagrams = self._seal(source, 0, pre, post, npre, seal)
+        if repair:
+            datagrams += self._seal(repair, k, pre, post, npre, seal)
+        key.bytes_used += (k + m) * symlen
         # under load, time-based repeats are far apart in datagrams: repeat by count too
-        self._since_announce += len(symbols)
+        self._since_announce += k + m
         if self._since_announce >= _ANNOUNCE_EVERY:
             self._announce()
 
@@ -465,33 +479,101 @@ class SenderSession:
 
         if not self._group:
             self._group_started = now
-        self._group.append((datagrams, pending))
+        self._group.append(
+            _Closed(
+                datagrams,
+                pending,
+                HEADER_SIZE + symlen + TAG_SIZE,
+                bool(m) and worker is not None,
+                k,
+                pre,
+                post,
+                npre,
+                seal,
+            )
+        )
         if len(self._group) >= cfg.interleave:
             self._flush_group()
         # under load, a manifest goes out as soon as its share of new entries is there
         if self._unsent_manifest_bytes * cfg.manifest_copies >= self._manifest_room:
             self._emit_manifest(now)
 
+    def _seal(
+        self,
+        symbols: Sequence[Buffer],
+        first: int,
+        pre: bytes,
+        post: bytes,
+        npre: bytes,
+        seal: Callable[[bytes, Buffer, Buffer | None], bytes],
+    ) -> list[bytes]:
+        """DATA datagrams for ``symbols``, the first of which has index ``first``."""
+        end = first + len(symbols)
+        headers = [pre + ib + post for ib in self._index_bytes[first:end]]
+        return [
+            h + seal(npre + nb, sym, h)
+            for h, nb, sym in zip(headers, self._nonce_index[first:end], symbols, strict=True)
+        ]
+
     def _flush_group(self) -> None:
         group = self._group
         if not group:
             return
         self._group = []
-        out = self._outbox
+        if self._worker is None:
+            self._emit_group(group, self._outbox)
+            return
+        # hold the group, behind what was emitted before it, until its repair symbols are
+        # back; one group stays in flight while the next fills, so the two overlap
+        self._held.append((self._outbox, group))
+        self._outbox = []
+        if len(self._held) > 1:
+            self._release(1)
+
+    def _release(self, keep: int = 0) -> None:
+        """Emit held groups, oldest first, until ``keep`` are left (waits for the worker)."""
+        held = self._held
+        ready = self._ready
+        while len(held) > keep:
+            before, group = held.popleft()
+            ready += before
+            self._emit_group(group, ready)
+        if not held:
+            ready += self._outbox
+            self._outbox = ready
+            self._ready = []
+
+    def _emit_group(self, group: list[_Closed], out: list[bytes]) -> None:
+        worker = self._worker
+        for closed in group:
+            if closed.waiting:
+                assert worker is not None  # waiting is only set with a worker
+                closed.datagrams += self._seal(
+                    worker.result(),
+                    closed.k,
+                    closed.pre,
+                    closed.post,
+                    closed.npre,
+                    closed.seal,
+                )
+                closed.waiting = False
         if len(group) == 1:
-            out.extend(group[0][0])
+            out += group[0].datagrams
         else:
-            lists = [g[0] for g in group]
-            longest = max(len(d) for d in lists)
-            for i in range(longest):
-                for d in lists:
-                    if i < len(d):
-                        out.append(d[i])
+            lists = [closed.datagrams for closed in group]
+            if all(len(d) == len(lists[0]) for d in lists):
+                for row in zip(*lists, strict=True):
+                    out += row
+            else:
+                for row in zip_longest(*lists):
+                    out += [d for d in row if d is not None]
         n = 0
         nbytes = 0
-        for datagrams, pending in group:
-            n += len(datagrams)
-            nbytes += sum(len(d) for d in datagrams)
+        for closed in group:
+            count = len(closed.datagrams)
+            n += count
+            nbytes += count * closed.size
+            pending = closed.pending
             pending.on_wire = True
             if pending.copies <= 0:
                 self._commit(pending)
@@ -563,6 +645,8 @@ class SenderSession:
         self._next_manifest_at = now + self.config.manifest_interval
 
     def _emit_heartbeat(self) -> None:
+        if self._held:
+            self._release()  # the heartbeat counts datagrams: every held one goes first
         room = self.config.payload_size - HEADER_SIZE - TAG_SIZE - Heartbeat.head_size()
         items = list(self._marks.items())
         marks: list[PartitionMark] = []
@@ -625,9 +709,7 @@ class SenderSession:
         if self._group and now >= self._group_started + linger:
             self._flush_group()
         self._control(now)
-        out = self._outbox
-        self._outbox = []
-        return out
+        return self._take()
 
     def flush(self, now: float) -> list[bytes]:
         """Close the open block and send everything held, with a manifest and a heartbeat."""
@@ -642,9 +724,7 @@ class SenderSession:
         self._emit_heartbeat()
         self._next_heartbeat = now + self.config.heartbeat_interval
         self._control(now)
-        out = self._outbox
-        self._outbox = []
-        return out
+        return self._take()
 
     def next_timer(self) -> float | None:
         """When ``poll`` should next be called."""

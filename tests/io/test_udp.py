@@ -216,6 +216,18 @@ def test_a_longer_datagram_starts_a_new_run(receiver: UdpReceiver) -> None:
     assert _drain(receiver, len(batch)) == batch
 
 
+def test_empty_datagrams_go_alone_and_keep_gso_on(receiver: UdpReceiver) -> None:
+    batch = [b"", b"a" * 10, b"", b"b" * 10, b"b" * 10, b""]
+    with _sender(receiver) as sender:
+        gso = sender.gso_enabled
+        sender.send_many(batch)
+        assert sender.gso_enabled == gso
+        c = sender.counters()
+    assert dict(c.errors) == {}
+    assert c.datagrams_sent == 6
+    assert _drain(receiver, 6) == batch
+
+
 def test_gso_off_by_flag_still_delivers(receiver: UdpReceiver) -> None:
     batch = [b"q" * 1200] * 50
     with _sender(receiver, gso=False) as sender:
