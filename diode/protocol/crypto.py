@@ -29,6 +29,7 @@ import stat
 from collections.abc import Callable
 from enum import IntEnum
 from pathlib import Path
+from typing import Final
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
@@ -360,15 +361,22 @@ class Cipher(IntEnum):
     CHACHA20_POLY1305 = 2
 
 
+#: what ``SessionCipher.decrypt`` raises for a bad tag; ``open`` turns it into
+#: ``AuthenticationError``, the receiver's per-datagram path catches it at its boundary
+TagMismatch: Final = InvalidTag
+
+
 class SessionCipher:
     """AEAD under one session key, created once per key (object creation costs ~1 us).
 
     ``seal`` returns ciphertext followed by the 16-byte tag. ``open`` raises
     ``AuthenticationError`` for any bad tag and says nothing else, so a forger learns nothing.
-    Both accept bytes-like objects, so callers can pass memoryview slices without copying.
+    ``decrypt`` is ``open`` without the translation (it raises ``TagMismatch``), for a
+    caller that saves the Python frame per datagram. All accept bytes-like objects, so
+    callers can pass memoryview slices without copying.
     """
 
-    __slots__ = ("_aead", "cipher", "seal")
+    __slots__ = ("_aead", "cipher", "decrypt", "seal")
 
     def __init__(self, cipher: Cipher, key: bytes) -> None:
         if len(key) != SESSION_KEY_SIZE:
@@ -386,6 +394,7 @@ class SessionCipher:
         self._aead = aead
         # bound method kept as an attribute: the sender calls it once per datagram
         self.seal: Callable[[bytes, Buffer, Buffer | None], bytes] = aead.encrypt
+        self.decrypt: Callable[[bytes, Buffer, Buffer | None], bytes] = aead.decrypt
 
     def open(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         try:

@@ -1,7 +1,8 @@
 """Erasure coding of one block: k source symbols plus m repair symbols.
 
 This module owns the erasure codec behind the small ``ErasureCodec`` protocol, the two
-implementations the diode ships (``zfec`` and ``raptorq``) and the choice between them. It
+implementations the diode ships (``zfec`` and ``raptorq``), the choice between them, and
+``FecWorker``, the optional thread that runs codec calls on a second core. It
 knows nothing of datagrams, block numbers or records: symbols in, symbols out.
 
 Symbol indices: ``0..k-1`` are the source symbols (sent as they are: both codes are

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from diode.errors import (
@@ -39,8 +40,10 @@ from diode.errors import (
 from diode.protocol.crypto import (
     SIGNATURE_SIZE,
     TAG_SIZE,
+    Buffer,
     ReceiverPrivateKey,
     SessionCipher,
+    TagMismatch,
     VerifyKey,
     unwrap_session_key,
 )
@@ -64,7 +67,9 @@ from diode.protocol.records import Compression, Record, decode_batch, decompress
 from diode.protocol.sender import ANNOUNCE_DOMAIN
 from diode.protocol.wire import (
     HEADER,
+    HEADER_PREFIX,
     HEADER_SIZE,
+    HEADER_TAIL,
     MAGIC,
     NONCE,
     VERSION,
@@ -86,6 +91,11 @@ _ANNOUNCE = int(DatagramType.ANNOUNCE)
 _MANIFEST = int(DatagramType.MANIFEST)
 _HEARTBEAT = int(DatagramType.HEARTBEAT)
 _MIN_DATA = HEADER_SIZE + 1 + TAG_SIZE
+_PREFIX_SIZE = HEADER_PREFIX.size
+_TAIL_AT = HEADER_PREFIX.size
+_OVERHEAD = HEADER_SIZE + TAG_SIZE
+_BLOCK_LIMIT = 1 << 63
+_TAG_FAILED = str(AuthenticationError("datagram tag did not verify"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +206,9 @@ class ReceiverSession:
         )
         self._events: deque[Event] = deque()
         self._session: _Session | None = None
+        # DATA header prefix (magic .. config fingerprint) of each key of the current session
+        # -> its decrypt: one lookup checks magic, version, type, session, key and config
+        self._fast: dict[bytes, Callable[[bytes, Buffer, Buffer | None], bytes]] = {}
         self._retired: OrderedDict[bytes, None] = OrderedDict()
         self._good: OrderedDict[bytes, None] = OrderedDict()  # verified announcement digests
         self._bad: OrderedDict[bytes, None] = OrderedDict()
@@ -224,9 +237,48 @@ class ReceiverSession:
     def receive_datagram(self, data: bytes, now: float) -> None:
         """Handle one datagram. Never raises: problems become ``DatagramRejected``."""
         self._n_datagrams += 1
-        self._n_bytes += len(data)
+        size = len(data)
+        self._n_bytes += size
         try:
+            # the common case, straight: DATA of a known key of the current session, for an
+            # open block in the window; anything else, valid or not, takes the full path
+            decrypt = self._fast.get(data[:_PREFIX_SIZE])
+            if decrypt is not None:
+                number, index, k, m, length = HEADER_TAIL.unpack_from(data, _TAIL_AT)
+                s = self._session
+                assert s is not None  # _fast is empty without a session
+                block = s.blocks.get(number)
+                if (
+                    block is not None
+                    and number >= s.head
+                    and size == _OVERHEAD + length
+                    and k == block.k
+                    and m == block.m
+                    and length == block.symlen
+                    and index < k + m
+                ):
+                    if block.data is not None:
+                        self._n_redundant += 1
+                        return
+                    symbols = block.symbols
+                    if index in symbols:
+                        self._n_duplicates += 1
+                        return
+                    view = memoryview(data)
+                    symbols[index] = decrypt(
+                        NONCE.pack(_DATA, number, index), view[HEADER_SIZE:], view[:HEADER_SIZE]
+                    )
+                    if s.silent:
+                        self._heard(s, now)
+                    else:
+                        s.last_heard = now
+                    self._n_accepted += 1
+                    if len(symbols) >= k + self._overhead and self._rebuild(block, number):
+                        self._advance(s, now)
+                    return
             self._receive(data, now)
+        except TagMismatch:
+            self._reject("authentication", _TAG_FAILED)
         except RemoteProtocolError as exc:
             self._reject(exc.reason, str(exc))
         except FECError as exc:
@@ -791,9 +843,16 @@ class ReceiverSession:
         s.keys = OrderedDict(sorted(s.keys.items()))
         while len(s.keys) > self.options.max_keys:
             s.key_floor = s.keys.popitem(last=False)[0]
+        self._refresh_fast(s)
         if newest is not None and header.key_id > newest:
             self._events.append(KeyRotated(sid, header.key_id, newest))
         self._replay_early(sid, header.key_id, now)
+
+    def _refresh_fast(self, s: _Session) -> None:
+        self._fast = {
+            HEADER_PREFIX.pack(MAGIC, VERSION, _DATA, s.id, key_id, self._fp): cipher.decrypt
+            for key_id, cipher in s.keys.items()
+        }
 
     def _start_session(self, sid: bytes, key_id: int, now: float) -> _Session:
         old = self._session
@@ -807,6 +866,7 @@ class ReceiverSession:
                 self._retired.popitem(last=False)
         s = _Session(sid, now)
         self._session = s
+        self._refresh_fast(s)
         self._n_sessions += 1
         self._events.append(SessionStarted(sid, old is not None, previous, key_id))
         self._events.append(LinkUp(sid, None))

@@ -242,6 +242,8 @@ class SenderSession:
         """Stop the FEC worker thread, if any (the session stays usable, without it)."""
         if self._worker is not None:
             self._release()
+            for closed in self._group:
+                self._collect(closed)
             self._finalizer()
             self._worker = None
 
@@ -543,20 +545,18 @@ class SenderSession:
             self._outbox = ready
             self._ready = []
 
+    def _collect(self, closed: _Closed) -> None:
+        """Seal the repair symbols of a block encoded on the worker (results come in order)."""
+        if closed.waiting:
+            assert self._worker is not None  # waiting is only set with a worker
+            closed.datagrams += self._seal(
+                self._worker.result(), closed.k, closed.pre, closed.post, closed.npre, closed.seal
+            )
+            closed.waiting = False
+
     def _emit_group(self, group: list[_Closed], out: list[bytes]) -> None:
-        worker = self._worker
         for closed in group:
-            if closed.waiting:
-                assert worker is not None  # waiting is only set with a worker
-                closed.datagrams += self._seal(
-                    worker.result(),
-                    closed.k,
-                    closed.pre,
-                    closed.post,
-                    closed.npre,
-                    closed.seal,
-                )
-                closed.waiting = False
+            self._collect(closed)
         if len(group) == 1:
             out += group[0].datagrams
         else:

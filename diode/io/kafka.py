@@ -1,0 +1,514 @@
+"""Kafka adapter: confluent-kafka consumers, producers and admin calls, as the services need them.
+
+Owns every call into confluent-kafka and nothing above it:
+
+* :class:`KafkaSource` subscribes to topics (names, or regexes starting with ``^``), returns
+  batches of :class:`~diode.protocol.records.Record` (key, value, headers with null values,
+  timestamp in ms, topic, partition, offset) and commits offsets it is given. Offsets follow
+  Kafka's convention: the committed offset is the *next* record to read (last handled + 1).
+  Auto-commit is off: only the service decides what is safe to commit.
+* :class:`KafkaSink` is an idempotent producer (``enable.idempotence``, ``acks=all``) that
+  writes a record to a given topic and partition with its key, headers and timestamp intact,
+  plus provenance headers. Delivery results come back through a callback; nothing is dropped
+  without the callback hearing of it.
+* :func:`ensure_topic`, :func:`partition_count` and :func:`read_provenance` (the last source
+  offset delivered per source partition, read from the tail of IT-side topics).
+
+Provenance headers (values are ASCII): ``diode-src-topic``, ``diode-src-partition``,
+``diode-src-offset``, ``diode-session`` (hex session id).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as RdKafkaError
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewPartitions, NewTopic
+
+from diode.errors import KafkaError
+from diode.protocol.records import Header, Record
+
+log = logging.getLogger(__name__)
+
+SRC_TOPIC = "diode-src-topic"
+SRC_PARTITION = "diode-src-partition"
+SRC_OFFSET = "diode-src-offset"
+SESSION = "diode-session"
+PROVENANCE_HEADERS = frozenset({SRC_TOPIC, SRC_PARTITION, SRC_OFFSET, SESSION})
+#: the IT-side topic the sender's policy chose, appended by the sender as the record's last
+#: header and removed by the receiver (it travels authenticated inside the record)
+TARGET_TOPIC = "diode-target-topic"
+
+#: Kafka's limit on a topic name
+MAX_TOPIC_LENGTH = 249
+#: records read back from the end of each IT partition when learning provenance
+DEFAULT_PROVENANCE_TAIL = 1000
+
+ClientConfig = Mapping[str, str | int | float | bool]
+TopicPartitionKey = tuple[str, int]
+
+
+def record_from_message(msg: Any) -> Record:
+    """A consumed confluent-kafka message as a ``Record``; headers keep null values."""
+    headers = msg.headers()
+    _kind, ts = msg.timestamp()
+    return Record(
+        topic=msg.topic(),
+        partition=msg.partition(),
+        offset=msg.offset(),
+        timestamp=ts if ts is not None and ts >= 0 else 0,
+        key=msg.key(),
+        value=msg.value(),
+        headers=tuple((str(k), v) for k, v in headers) if headers else (),
+    )
+
+
+def provenance_headers(record: Record, session_id: bytes | None) -> list[Header]:
+    """The headers that say where a record came from, appended after its own."""
+    out: list[Header] = [
+        (SRC_TOPIC, record.topic.encode()),
+        (SRC_PARTITION, str(record.partition).encode()),
+        (SRC_OFFSET, str(record.offset).encode()),
+    ]
+    if session_id is not None:
+        out.append((SESSION, session_id.hex().encode()))
+    return out
+
+
+def parse_provenance(headers: Sequence[Header] | None) -> tuple[str, int, int] | None:
+    """(source topic, partition, offset) from provenance headers, or None if any is missing.
+
+    The last occurrence wins: the diode appends its headers after the record's own.
+    """
+    if not headers:
+        return None
+    found: dict[str, bytes] = {}
+    for name, value in headers:
+        if name in PROVENANCE_HEADERS and value is not None:
+            found[name] = value
+    try:
+        topic = found[SRC_TOPIC].decode("ascii")
+        partition = int(found[SRC_PARTITION])
+        offset = int(found[SRC_OFFSET])
+    except (KeyError, UnicodeDecodeError, ValueError):
+        return None
+    if not topic or len(topic) > MAX_TOPIC_LENGTH or partition < 0 or offset < 0:
+        return None
+    return topic, partition, offset
+
+
+def _bytes_headers(headers: Any) -> list[Header]:
+    if not headers:
+        return []
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return [(str(k), v.encode() if isinstance(v, str) else v) for k, v in headers]
+
+
+def _error_text(err: Any) -> str:
+    try:
+        return f"{err.name()}: {err.str()}"
+    except AttributeError:
+        return str(err)
+
+
+# ---------------------------------------------------------------------------------- consumer
+
+
+class KafkaSource:
+    """A consumer of the allowed source topics with manual, exact offset commits.
+
+    ``on_revoke(partitions)`` is called before partitions are taken away in a rebalance, so
+    the service can commit what it may. Errors that librdkafka retries by itself (broker
+    down, ...) are logged and counted in ``errors``; fatal ones raise ``KafkaError``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        client: ClientConfig | None = None,
+        on_revoke: Callable[[list[TopicPartitionKey]], None] | None = None,
+    ) -> None:
+        if not topics:
+            raise KafkaError("no topics to consume: the policy forwards nothing")
+        conf: dict[str, Any] = {"auto.offset.reset": "earliest", **(client or {})}
+        conf.update(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "group.id": group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            }
+        )
+        self.topics = tuple(topics)
+        self.errors: dict[str, int] = {}
+        self._on_revoke = on_revoke
+        try:
+            self._consumer = Consumer(conf)
+            self._consumer.subscribe(list(topics), on_revoke=self._revoked)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot start the consumer: {exc}") from exc
+
+    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
+        if self._on_revoke is not None:
+            self._on_revoke([(p.topic, p.partition) for p in partitions])
+
+    def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the first."""
+        try:
+            messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaError(f"consume failed: {exc}") from exc
+        out: list[Record] = []
+        for msg in messages:
+            err = msg.error()
+            if err is None:
+                out.append(record_from_message(msg))
+                continue
+            if err.code() == RdKafkaError._PARTITION_EOF:
+                continue
+            name = err.name()
+            self.errors[name] = self.errors.get(name, 0) + 1
+            if err.fatal():
+                raise KafkaError(f"consumer failed: {_error_text(err)}")
+            log.warning("consumer: %s", _error_text(err))
+        return out
+
+    def commit(self, offsets: Mapping[TopicPartitionKey, int]) -> None:
+        """Commit, per partition, the next offset to read (last handled + 1), synchronously."""
+        if not offsets:
+            return
+        tps = [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+        try:
+            result = self._consumer.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            raise KafkaError(f"offset commit failed: {exc}") from exc
+        for tp in result or ():
+            if tp.error is not None:
+                raise KafkaError(
+                    f"offset commit of {tp.topic}[{tp.partition}] failed: {_error_text(tp.error)}"
+                )
+
+    def committed(
+        self, partitions: Iterable[TopicPartitionKey], timeout: float = 10.0
+    ) -> dict[TopicPartitionKey, int]:
+        """Committed offsets of the group (partitions with none are left out)."""
+        tps = [TopicPartition(t, p) for t, p in partitions]
+        try:
+            result = self._consumer.committed(tps, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaError(f"reading committed offsets failed: {exc}") from exc
+        return {(tp.topic, tp.partition): tp.offset for tp in result if tp.offset >= 0}
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+# ---------------------------------------------------------------------------------- producer
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one produce call; ``error`` is None on success."""
+
+    topic: str
+    partition: int
+    offset: int
+    error: str | None
+    retriable: bool
+    opaque: object
+
+
+DeliveryCallback = Callable[[Delivery], None]
+
+
+class KafkaSink:
+    """An idempotent producer (acks=all): per target partition, order is kept and a retry
+    never writes a record twice.
+
+    ``delivery_timeout`` 0 means librdkafka retries until the cluster answers, however long it
+    is down; the caller bounds how much waits (``in_flight``).
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        on_delivery: DeliveryCallback,
+        *,
+        client: ClientConfig | None = None,
+        delivery_timeout: float = 0.0,
+        linger_ms: float = 5.0,
+    ) -> None:
+        conf: dict[str, Any] = {"linger.ms": linger_ms, **(client or {})}
+        conf.update(
+            {
+                "bootstrap.servers": bootstrap_servers,
+                "enable.idempotence": True,
+                "acks": "all",
+                "max.in.flight.requests.per.connection": 5,
+                "message.timeout.ms": int(delivery_timeout * 1000),
+            }
+        )
+        self._on_delivery = on_delivery
+        try:
+            self._producer = Producer(conf, error_cb=self._error)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot start the producer: {exc}") from exc
+        self.errors: dict[str, int] = {}
+        self.fatal: str | None = None
+
+    def _error(self, err: Any) -> None:
+        name = err.name() if hasattr(err, "name") else str(err)
+        self.errors[name] = self.errors.get(name, 0) + 1
+        if hasattr(err, "fatal") and err.fatal():
+            self.fatal = _error_text(err)
+        log.warning("producer: %s", _error_text(err))
+
+    def produce(
+        self,
+        record: Record,
+        topic: str,
+        partition: int,
+        extra_headers: Sequence[Header] = (),
+        opaque: object = None,
+    ) -> None:
+        """Queue ``record`` for ``topic``/``partition``; the callback gets the outcome.
+
+        Raises ``KafkaError`` if the producer cannot take it (its queue is full: the caller
+        must bound what it hands over) or has failed for good.
+        """
+        if self.fatal is not None:
+            raise KafkaError(f"producer failed for good: {self.fatal}")
+        headers: list[tuple[str, str | bytes | None]] = list(record.headers)
+        headers.extend(extra_headers)
+
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                retriable = bool(getattr(err, "retriable", lambda: False)())
+                self._on_delivery(
+                    Delivery(topic, partition, -1, _error_text(err), retriable, opaque)
+                )
+            else:
+                self._on_delivery(Delivery(topic, partition, msg.offset(), None, False, opaque))
+
+        try:
+            self._producer.produce(
+                topic,
+                value=record.value,
+                key=record.key,
+                headers=headers,
+                partition=partition,
+                timestamp=record.timestamp,
+                on_delivery=done,
+            )
+        except BufferError as exc:
+            raise KafkaError(f"producer queue is full: {exc}") from exc
+        except KafkaException as exc:
+            raise KafkaError(f"produce to {topic}[{partition}] failed: {exc}") from exc
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery callbacks; returns how many were served."""
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for every queued record; returns how many still wait."""
+        return int(self._producer.flush(timeout))
+
+    def __len__(self) -> int:
+        """Records handed over and not yet acknowledged (or failed)."""
+        return len(self._producer)
+
+
+# ---------------------------------------------------------------------------------- admin
+
+
+def _admin(bootstrap_servers: str, client: ClientConfig | None) -> AdminClient:
+    conf: dict[str, Any] = dict(client or {})
+    conf["bootstrap.servers"] = bootstrap_servers
+    return AdminClient(conf)
+
+
+def partition_count(
+    bootstrap_servers: str, topic: str, *, client: ClientConfig | None = None, timeout: float = 10
+) -> int | None:
+    """Partitions of ``topic``, or None if it does not exist."""
+    try:
+        md = _admin(bootstrap_servers, client).list_topics(topic=topic, timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot read metadata of {topic}: {exc}") from exc
+    t = md.topics.get(topic)
+    if t is None or t.error is not None:
+        return None
+    return len(t.partitions)
+
+
+def ensure_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    *,
+    replication_factor: int = 1,
+    client: ClientConfig | None = None,
+    timeout: float = 30.0,
+) -> int:
+    """Make ``topic`` exist with at least ``partitions`` partitions; return how many it has."""
+    admin = _admin(bootstrap_servers, client)
+    have = partition_count(bootstrap_servers, topic, client=client, timeout=timeout)
+    try:
+        if have is None:
+            fut = admin.create_topics(
+                [NewTopic(topic, num_partitions=partitions, replication_factor=replication_factor)]
+            )[topic]
+            try:
+                fut.result(timeout=timeout)
+            except KafkaException as exc:
+                if exc.args[0].code() != RdKafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+        elif have < partitions:
+            fut = admin.create_partitions([NewPartitions(topic, partitions)])[topic]
+            fut.result(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot create {topic} with {partitions} partitions: {exc}") from exc
+    # metadata lags creation by a moment; wait until the broker reports the partitions
+    deadline = time.monotonic() + timeout
+    while True:
+        have = partition_count(bootstrap_servers, topic, client=client, timeout=timeout)
+        if have is not None and have >= partitions:
+            return have
+        if time.monotonic() > deadline:
+            raise KafkaError(f"{topic} still has {have} partitions after {timeout}s")
+        time.sleep(0.05)
+
+
+def list_topics(
+    bootstrap_servers: str, *, client: ClientConfig | None = None, timeout: float = 10.0
+) -> dict[str, int]:
+    """Every topic of the cluster with its partition count (internal ones left out)."""
+    try:
+        md = _admin(bootstrap_servers, client).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise KafkaError(f"cannot list topics of {bootstrap_servers}: {exc}") from exc
+    return {
+        name: len(t.partitions)
+        for name, t in md.topics.items()
+        if t.error is None and not name.startswith("__")
+    }
+
+
+def read_provenance(
+    bootstrap_servers: str,
+    topics: Iterable[str],
+    *,
+    client: ClientConfig | None = None,
+    tail: int = DEFAULT_PROVENANCE_TAIL,
+    timeout: float = 30.0,
+) -> dict[TopicPartitionKey, int]:
+    """The highest source offset per (source topic, partition) in the last ``tail`` records
+    of every partition of ``topics`` (IT-side topics the diode writes).
+
+    The diode writes source partition p to target partition p in offset order, so with one
+    source topic per target the last record alone is exact; ``tail`` covers targets that
+    several source topics map to. Records without provenance headers are ignored.
+    """
+    conf: dict[str, Any] = dict(client or {})
+    conf.update(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": f"diode-provenance-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "isolation.level": "read_committed",
+        }
+    )
+    consumer = Consumer(conf)
+    out: dict[TopicPartitionKey, int] = {}
+    try:
+        assignment: list[Any] = []
+        remaining: set[TopicPartitionKey] = set()
+        ends: dict[TopicPartitionKey, int] = {}
+        for topic in topics:
+            md = consumer.list_topics(topic=topic, timeout=timeout)
+            t = md.topics.get(topic)
+            if t is None or t.error is not None:
+                continue
+            for p in t.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=timeout, cached=False
+                )
+                if high <= low:
+                    continue
+                start = max(low, high - tail)
+                assignment.append(
+                    TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING)
+                )
+                remaining.add((topic, p))
+                ends[(topic, p)] = high
+        if not assignment:
+            return out
+        consumer.assign(assignment)
+        deadline = time.monotonic() + timeout
+        while remaining:
+            if time.monotonic() > deadline:
+                raise KafkaError(
+                    f"reading provenance timed out after {timeout}s; unfinished: "
+                    + ", ".join(f"{t}[{p}]" for t, p in sorted(remaining))
+                )
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err = msg.error()
+                key = (str(msg.topic()), int(msg.partition() or 0))
+                if err is not None:
+                    if err.code() == RdKafkaError._PARTITION_EOF:
+                        remaining.discard(key)
+                        continue
+                    if err.fatal():
+                        raise KafkaError(f"reading provenance failed: {_error_text(err)}")
+                    continue
+                if (msg.offset() or 0) + 1 >= ends.get(key, 0):
+                    remaining.discard(key)
+                prov = parse_provenance(_bytes_headers(msg.headers()))
+                if prov is None:
+                    continue
+                src = (prov[0], prov[1])
+                if prov[2] > out.get(src, -1):
+                    out[src] = prov[2]
+    except KafkaException as exc:
+        raise KafkaError(f"reading provenance failed: {exc}") from exc
+    finally:
+        consumer.close()
+    return out
+
+
+__all__ = [
+    "PROVENANCE_HEADERS",
+    "SESSION",
+    "SRC_OFFSET",
+    "SRC_PARTITION",
+    "SRC_TOPIC",
+    "TARGET_TOPIC",
+    "Delivery",
+    "KafkaSink",
+    "KafkaSource",
+    "ensure_topic",
+    "list_topics",
+    "parse_provenance",
+    "partition_count",
+    "provenance_headers",
+    "read_provenance",
+    "record_from_message",
+]

@@ -1,0 +1,570 @@
+"""The sender program (OT side): Kafka -> policy -> ``SenderSession`` -> paced UDP.
+
+Owns the sender's loop and the promises it keeps:
+
+* every consumed record is judged by the policy; forward/alert records are handed to the
+  protocol session with their IT-side topic appended as a last header (``TARGET_TOPIC``);
+  drop, block_topic and records too large for the protocol are refused, quarantined records
+  are produced to the OT quarantine topic (never across). Each refusal is counted and
+  audited (``record_refused``, ``record_quarantined``, ``anomaly``) without its payload;
+* OT offsets are committed only up to what the session calls committable (on the wire and
+  covered by signed manifests), or, for a partition whose every forwarded record is
+  committable, up to the last refused record once the quarantine producer has nothing
+  outstanding: a crash never commits a record that did not leave or was not kept;
+* timers (linger, manifests, heartbeats, key rotation) run on a monotonic clock; SIGHUP
+  reloads the policy, SIGTERM/SIGINT flush the session, commit and audit ``service_stop``.
+
+The policy fingerprint goes into the session's heartbeats; a session keeps the fingerprint it
+started with, so after a reload the heartbeats name the old policy until the next start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from diode.audit import Actor, AuditConfig, AuditEvent, AuditLog, FsyncPolicy
+from diode.config import SenderConfig, config_fingerprint
+from diode.errors import KafkaError, LocalProtocolError, ServiceError
+from diode.io.kafka import TARGET_TOPIC, Delivery, KafkaSink, KafkaSource, provenance_headers
+from diode.io.udp import UdpSender, UdpSenderConfig
+from diode.policy import Action, Decision, Finding, ReloadingPolicy
+from diode.policy.model import RuleAction
+from diode.policy.reload import PolicyEvent, PolicyLoaded, PolicyRejected, PolicyReloaded
+from diode.protocol.crypto import load_receiver_public_key, load_signing_key
+from diode.protocol.events import KeyRotated, SessionStarted
+from diode.protocol.records import Record
+from diode.protocol.sender import SenderSession
+
+log = logging.getLogger(__name__)
+
+#: longest wait for Kafka in one turn of the loop: keeps timers and signals responsive
+_MAX_WAIT = 0.05
+#: how long a stopping sender waits for the quarantine producer
+_STOP_FLUSH_S = 10.0
+
+TopicPartition = tuple[str, int]
+
+
+def policy_fingerprint_bytes(fingerprint: str) -> bytes:
+    """The 32 bytes a heartbeat carries for a policy fingerprint (hex SHA-256, or hashed)."""
+    try:
+        raw = bytes.fromhex(fingerprint)
+    except ValueError:
+        raw = b""
+    return raw if len(raw) == 32 else hashlib.sha256(fingerprint.encode()).digest()
+
+
+def _glob_regex(glob: str) -> str:
+    out = []
+    for ch in glob:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def topics_from_policy(policy: ReloadingPolicy) -> list[str]:
+    """Subscriptions that cover every topic a forward, alert or quarantine rule matches:
+    exact names, and ``^...$`` regexes for globs and regexes. Drop rules need no reading."""
+    out: list[str] = []
+    for rule in policy.policy.model.rules:
+        if rule.action is RuleAction.DROP:
+            continue
+        m = rule.match
+        if m.exact is not None:
+            out.append(m.exact)
+        elif m.glob is not None:
+            out.append("^" + _glob_regex(m.glob) + "$")
+        elif m.regex is not None:
+            out.append("^(" + m.regex + ")$")
+    return sorted(set(out))
+
+
+@dataclass(slots=True)
+class SenderStats:
+    """What the sender did since it started; every refused record is in exactly one count."""
+
+    consumed: int = 0
+    forwarded: int = 0
+    alerted: int = 0
+    dropped: int = 0
+    blocked: int = 0
+    quarantined: int = 0
+    too_large: int = 0
+    quarantine_failed: int = 0
+    anomalies: int = 0
+    commits: int = 0
+    datagrams: int = 0
+    policy_events: dict[str, int] = field(default_factory=dict)
+
+
+class SenderService:
+    """One running sender. ``run()`` blocks until ``stop()`` (or a signal handler) is called.
+
+    ``clock`` (monotonic seconds) drives the protocol timers; ``wall`` (UNIX seconds) is what
+    the policy and the audit log see.
+    """
+
+    def __init__(
+        self,
+        config: SenderConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._wall = wall
+        self.stats = SenderStats()
+        self.config_fingerprint = config_fingerprint(config)
+        signing_key = load_signing_key(config.keys.signing_key)
+        receiver_public = load_receiver_public_key(config.keys.receiver_public_key)
+        a = config.audit
+        self.audit = AuditLog(
+            AuditConfig(
+                path=a.path,
+                actor=Actor.SENDER,
+                checkpoint_entries=a.checkpoint_entries,
+                checkpoint_seconds=a.checkpoint_seconds,
+                rotate_bytes=a.rotate_bytes,
+                fsync=FsyncPolicy(a.fsync),
+            ),
+            signing_key,
+            clock=wall,
+        )
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._closed = False
+        self._udp: UdpSender | None = None
+        self._source: KafkaSource | None = None
+        self._quarantine: KafkaSink | None = None
+        try:
+            self.policy = ReloadingPolicy(config.policy_file, on_event=self._policy_event)
+            self.topics = list(config.kafka.topics) or topics_from_policy(self.policy)
+            if not self.topics:
+                raise ServiceError(
+                    f"policy {config.policy_file} forwards no topic and [kafka] topics is empty: "
+                    "nothing to send"
+                )
+            rate = config.udp.rate_mbit
+            self._udp = UdpSender(
+                UdpSenderConfig(
+                    host=config.udp.host,
+                    port=config.udp.port,
+                    payload_size=config.protocol.payload_size,
+                    source_host=config.udp.source_host,
+                    interface=config.udp.interface,
+                    rate_bits_per_s=int(rate * 1_000_000) if rate > 0 else None,
+                    gso=config.udp.gso,
+                )
+            )
+            self.session = SenderSession(
+                config.protocol.protocol_config(),
+                signing_key,
+                receiver_public,
+                random,
+                clock(),
+                policy_fingerprint=policy_fingerprint_bytes(self.policy.fingerprint),
+            )
+            client = dict(config.kafka.client)
+            self._source = KafkaSource(
+                config.kafka.bootstrap_servers,
+                config.kafka.group_id,
+                self.topics,
+                client=client,
+                on_revoke=self._revoked,
+            )
+            self._quarantine = KafkaSink(
+                config.kafka.bootstrap_servers,
+                self._quarantine_done,
+                client={k: v for k, v in client.items() if not k.startswith(("group.", "auto."))},
+            )
+        except BaseException:
+            self._close_io()
+            self.audit.close()
+            raise
+        # per source partition: next offset after the last record judged, and the last
+        # offset handed to the session (committable only once the session says so)
+        self._consumed: dict[TopicPartition, int] = {}
+        self._added_last: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+        self._next_commit = clock() + config.commit_interval_s
+        self.audit.append(
+            AuditEvent.SERVICE_START,
+            {
+                "config_fingerprint": self.config_fingerprint,
+                "policy_fingerprint": self.policy.fingerprint,
+                "session_id": self.session.session_id.hex(),
+                "topics": self.topics,
+                "udp": f"{config.udp.host}:{config.udp.port}",
+                "protocol_fingerprint": f"{config.protocol.protocol_config().fingerprint:08x}",
+            },
+        )
+        log.info(
+            "sender started: session %s, %d subscription(s), sending to %s:%d",
+            self.session.session_id.hex(),
+            len(self.topics),
+            config.udp.host,
+            config.udp.port,
+        )
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask ``run`` to flush, commit and return (safe from a signal handler or thread)."""
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        """Reload the policy at the next turn of the loop (SIGHUP)."""
+        self._reload.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self) -> SenderStats:
+        try:
+            while not self._stop.is_set():
+                self.step()
+        finally:
+            self.close()
+        return self.stats
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self) -> None:
+        """One turn: read a batch, judge and send it, run due timers, commit when due."""
+        assert self._source is not None
+        now = self._clock()
+        timer = self.session.next_timer()
+        wait = _MAX_WAIT if timer is None else min(_MAX_WAIT, max(0.0, timer - now))
+        records = self._source.poll_batch(self.config.kafka.batch_size, wait)
+        now = self._clock()
+        if records:
+            wall = self._wall()
+            for record in records:
+                self._judge(record, now, wall)
+        timer = self.session.next_timer()
+        if timer is not None and now >= timer:
+            self._send(self.session.poll(now))
+        self._session_events()
+        wall = self._wall()
+        for finding in self.policy.poll(wall):
+            self._anomaly(finding, None)
+        if self._reload.is_set():
+            self._reload.clear()
+            self.policy.reload()
+        else:
+            self.policy.check(now)
+        if self._quarantine is not None:
+            self._quarantine.poll(0)
+        if now >= self._next_commit:
+            self._next_commit = now + self.config.commit_interval_s
+            self.commit()
+
+    def _judge(self, record: Record, now: float, wall: float) -> None:
+        self.stats.consumed += 1
+        tp = (record.topic, record.partition)
+        decision = self.policy.evaluate(record, wall)
+        for finding in decision.findings:
+            self._anomaly(finding, record)
+        action = decision.action
+        if action.crosses and decision.target_topic is not None:
+            crossing = Record(
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp,
+                record.key,
+                record.value,
+                (*record.headers, (TARGET_TOPIC, decision.target_topic.encode())),
+            )
+            try:
+                out = self.session.add(crossing, now)
+            except LocalProtocolError as exc:
+                self.stats.too_large += 1
+                self._refuse(record, decision.rule, f"too large for the protocol: {exc}", "drop")
+            else:
+                self._added_last[tp] = record.offset
+                if action is Action.ALERT:
+                    self.stats.alerted += 1
+                    self._alert(record, decision)
+                else:
+                    self.stats.forwarded += 1
+                self._send(out)
+        elif action is Action.QUARANTINE and decision.target_topic is not None:
+            self._quarantine_record(record, decision)
+        else:
+            if action is Action.BLOCK_TOPIC:
+                self.stats.blocked += 1
+            else:
+                self.stats.dropped += 1
+            self._refuse(record, decision.rule, "; ".join(decision.reasons), action.value)
+        self._consumed[tp] = record.offset + 1
+
+    def _send(self, datagrams: list[bytes]) -> None:
+        if datagrams and self._udp is not None:
+            self._udp.send_many(datagrams)
+            self.stats.datagrams += len(datagrams)
+
+    # ------------------------------------------------------------------ refusals and audit
+
+    def _refuse(self, record: Record, rule: str, reason: str, action: str) -> None:
+        self.audit.append(
+            AuditEvent.RECORD_REFUSED,
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "rule": rule,
+                "reason": reason[:500],
+                "action": action,
+                "bytes": record.size,
+            },
+        )
+
+    def _alert(self, record: Record, decision: Decision) -> None:
+        self.audit.append(
+            AuditEvent.ANOMALY,
+            {
+                "detector": "alert",
+                "reason": "; ".join(decision.reasons)[:500] or "alert rule",
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "rule": decision.rule,
+                "target_topic": decision.target_topic,
+            },
+        )
+
+    def _anomaly(self, finding: Finding, record: Record | None) -> None:
+        self.stats.anomalies += 1
+        fields: dict[str, object] = {
+            "detector": finding.detector,
+            "reason": finding.message[:500],
+            "topic": finding.topic,
+            "rule": finding.rule,
+            "observed": finding.observed,
+            "threshold": finding.threshold,
+        }
+        if record is not None:
+            fields["partition"] = record.partition
+            fields["offset"] = record.offset
+        self.audit.append(AuditEvent.ANOMALY, fields)
+
+    def _quarantine_record(self, record: Record, decision: Decision) -> None:
+        assert self._quarantine is not None and decision.target_topic is not None
+        try:
+            self._quarantine.produce(
+                record,
+                decision.target_topic,
+                -1,  # the quarantine topic's own partitioning
+                provenance_headers(record, None),
+                opaque=(record.topic, record.partition, record.offset, decision.rule),
+            )
+        except KafkaError as exc:
+            # the producer refused it outright: poll once so its queue drains, then retry
+            self._quarantine.poll(0.5)
+            try:
+                self._quarantine.produce(
+                    record,
+                    decision.target_topic,
+                    -1,
+                    provenance_headers(record, None),
+                    opaque=(record.topic, record.partition, record.offset, decision.rule),
+                )
+            except KafkaError:
+                self.stats.quarantine_failed += 1
+                self._refuse(record, decision.rule, f"quarantine failed: {exc}", "quarantine")
+                return
+        self.stats.quarantined += 1
+        self.audit.append(
+            AuditEvent.RECORD_QUARANTINED,
+            {
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "rule": decision.rule,
+                "reason": "; ".join(decision.reasons)[:500],
+                "quarantine_topic": decision.target_topic,
+                "bytes": record.size,
+            },
+        )
+
+    def _quarantine_done(self, delivery: Delivery) -> None:
+        if delivery.error is None:
+            return
+        self.stats.quarantine_failed += 1
+        opaque = delivery.opaque
+        assert isinstance(opaque, tuple) and len(opaque) == 4
+        topic, partition, offset, rule = (str(opaque[0]), opaque[1], opaque[2], str(opaque[3]))
+        self.audit.append(
+            AuditEvent.RECORD_REFUSED,
+            {
+                "topic": topic,
+                "partition": partition,
+                "offset": offset,
+                "rule": rule,
+                "reason": f"quarantine to {delivery.topic} failed: {delivery.error}"[:500],
+                "action": "quarantine",
+            },
+        )
+
+    def _policy_event(self, event: PolicyEvent) -> None:
+        name = type(event).__name__
+        self.stats.policy_events[name] = self.stats.policy_events.get(name, 0) + 1
+        if isinstance(event, PolicyLoaded):
+            self.audit.append(
+                AuditEvent.POLICY_LOADED,
+                {"policy_fingerprint": event.fingerprint, "path": event.path},
+            )
+        elif isinstance(event, PolicyReloaded):
+            self.audit.append(
+                AuditEvent.POLICY_RELOADED,
+                {
+                    "policy_fingerprint": event.fingerprint,
+                    "old_fingerprint": event.old_fingerprint,
+                    "path": event.path,
+                },
+            )
+            log.info("policy reloaded: %s", event.fingerprint)
+        elif isinstance(event, PolicyRejected):
+            self.audit.append(
+                AuditEvent.POLICY_REJECTED,
+                {
+                    "reason": "; ".join(event.problems)[:1000],
+                    "kept_fingerprint": event.kept_fingerprint,
+                    "path": event.path,
+                },
+            )
+            log.error("policy %s rejected, keeping %s", event.path, event.kept_fingerprint)
+
+    def _session_events(self) -> None:
+        for event in self.session.events():
+            if isinstance(event, SessionStarted):
+                self.audit.append(
+                    AuditEvent.SESSION_START,
+                    {"session_id": event.session_id.hex(), "key_id": event.key_id},
+                )
+            elif isinstance(event, KeyRotated):
+                self.audit.append(
+                    AuditEvent.KEY_ROTATION,
+                    {
+                        "session_id": event.session_id.hex(),
+                        "key_id": event.key_id,
+                        "previous_key_id": event.previous_key_id,
+                    },
+                )
+
+    # ------------------------------------------------------------------ offsets
+
+    def commit_positions(self) -> dict[TopicPartition, int]:
+        """Per source partition, the offset that is safe to commit now (see the docstring)."""
+        committable = self.session.committable()
+        quarantine_clear = self._quarantine is None or len(self._quarantine) == 0
+        out: dict[TopicPartition, int] = {}
+        for tp, consumed_next in self._consumed.items():
+            added = self._added_last.get(tp)
+            wire = committable.get(tp)
+            if (added is None or (wire is not None and wire > added)) and quarantine_clear:
+                pos: int | None = consumed_next
+            elif wire is not None and quarantine_clear:
+                pos = wire
+            else:
+                pos = None
+            if pos is not None and pos > self._committed.get(tp, -1):
+                out[tp] = pos
+        return out
+
+    def commit(self) -> None:
+        if self._source is None:
+            return
+        if self._quarantine is not None:
+            self._quarantine.poll(0)
+        positions = self.commit_positions()
+        if not positions:
+            return
+        self._source.commit(positions)
+        self._committed.update(positions)
+        self.stats.commits += 1
+
+    def _revoked(self, partitions: list[TopicPartition]) -> None:
+        try:
+            self.commit()
+        except KafkaError as exc:
+            log.warning("commit before rebalance failed: %s", exc)
+        for tp in partitions:
+            self._consumed.pop(tp, None)
+            self._added_last.pop(tp, None)
+            self._committed.pop(tp, None)
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close(self) -> None:
+        """Flush the session (every record on the wire with its manifests), commit, audit
+        ``service_stop`` and release everything. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        error: BaseException | None = None
+        try:
+            now = self._clock()
+            self._send(self.session.flush(now))
+            # the manifest copies still owed are sent on their timers: run them out so the
+            # final commit covers everything that was sent
+            limit = now + 2.0
+            while self.session.pending_manifests() and self._clock() < limit:
+                timer = self.session.next_timer()
+                t = self._clock()
+                if timer is not None and timer > t:
+                    time.sleep(min(timer - t, 0.01))
+                self._send(self.session.poll(self._clock()))
+            if self._quarantine is not None:
+                self._quarantine.flush(_STOP_FLUSH_S)
+            self.commit()
+        except Exception as exc:  # the stop entry must be written whatever failed above
+            error = exc
+            log.error("sender stop: %s", exc)
+        finally:
+            counters = self.session.counters()
+            self.audit.append(
+                AuditEvent.SERVICE_STOP,
+                {
+                    "config_fingerprint": self.config_fingerprint,
+                    "policy_fingerprint": self.policy.fingerprint,
+                    "session_id": self.session.session_id.hex(),
+                    "records_consumed": self.stats.consumed,
+                    "records_sent": counters.records,
+                    "records_refused": self.stats.dropped
+                    + self.stats.blocked
+                    + self.stats.too_large,
+                    "records_quarantined": self.stats.quarantined,
+                    "datagrams": counters.datagrams,
+                    "error": str(error) if error is not None else None,
+                },
+            )
+            self.session.close()
+            self._close_io()
+            self.audit.close()
+        if error is not None:
+            raise ServiceError(f"sender did not stop cleanly: {error}") from error
+
+    def _close_io(self) -> None:
+        if self._source is not None:
+            self._source.close()
+        if self._udp is not None:
+            self._udp.close()
+
+
+__all__ = ["SenderService", "SenderStats", "policy_fingerprint_bytes", "topics_from_policy"]
