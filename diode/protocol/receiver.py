@@ -439,10 +439,12 @@ class ReceiverSession:
             self._set_base(s, number)
         if number >= s.head + self.options.receive_window:
             # authenticated, so the sender really is that far ahead: give up on the old ones
-            self._advance(s, now, force_upto=number - self.options.receive_window // 2)
+            self._advance(
+                s, now, force_upto=number - self.options.receive_window // 2, why="window"
+            )
         if block is None:
             if len(s.blocks) >= self.options.max_open_blocks:
-                self._advance(s, now, force_upto=min(number, s.head + 1))
+                self._advance(s, now, force_upto=min(number, s.head + 1), why="overload")
             block = _Block(k, m, length)
             s.blocks[number] = block
             if number > s.known_max:
@@ -525,8 +527,15 @@ class ReceiverSession:
             s.known.append((number, now))
             s.known_max = number
 
-    def _advance(self, s: _Session, now: float, force_upto: int = -1) -> None:
-        """Resolve blocks in block order as far as possible; ``force_upto``: resolve below it."""
+    def _advance(
+        self, s: _Session, now: float, force_upto: int = -1, why: str = "overload"
+    ) -> None:
+        """Resolve blocks in block order as far as possible; ``force_upto``: resolve below it.
+
+        ``why`` is the gap reason for blocks given up because of the force: ``restart`` (the
+        sender started a new session), ``window`` (it is a whole receive window ahead) or
+        ``overload`` (too many open blocks).
+        """
         strict = self.options.strict
         blocks = s.blocks
         manifest = s.manifest
@@ -551,7 +560,7 @@ class ReceiverSession:
             if block is not None and len(block.symbols) >= block.k and self._try_last(block, b):
                 continue
             if block is not None or entry is not None:
-                self._lose(s, b, entry, "lost" if not forced else "overload")
+                self._lose(s, b, entry, "lost" if not forced else why)
                 continue
             # a run of blocks nothing is known about: one event, jump over it
             end = s.known_max if not forced else force_upto - 1
@@ -564,7 +573,7 @@ class ReceiverSession:
                     if upto >= b:
                         end = min(end, upto)
                         break
-            self._lose_run(s, b, max(b, end), "lost" if not forced else "overload")
+            self._lose_run(s, b, max(b, end), "lost" if not forced else why)
 
     def _try_last(self, block: _Block, number: int) -> bool:
         try:
@@ -859,7 +868,7 @@ class ReceiverSession:
         previous = None
         if old is not None:
             previous = old.id
-            self._advance(old, now, force_upto=old.known_max + 1)
+            self._advance(old, now, force_upto=old.known_max + 1, why="restart")
             self._events.append(SessionEnded(old.id, old.blocks_delivered, old.blocks_lost))
             self._retired[old.id] = None
             while len(self._retired) > self.options.max_retired_sessions:

@@ -235,6 +235,36 @@ def test_sender_restart_mid_stream(make_pair: MakePair) -> None:
     assert rejected(pair)["replay"] == before + 10
 
 
+def test_blocks_open_at_a_restart_become_gaps_with_reason_restart(make_pair: MakePair) -> None:
+    pair = make_pair()
+    first = records_for(300, seed=1)
+    pair.feed(send_all(pair, first), 0.0)
+    now = pair.settle(0.0, 0.2)
+    cut = [
+        Record(r.topic, r.partition, r.offset + 5_000, r.timestamp, r.key, r.value)
+        for r in records_for(50, seed=9)
+    ]
+    out = send_all(pair, cut, now)
+    # the receiver sees part of the block and its manifests, not enough symbols to rebuild
+    data = [d for d in out if is_data(d)]
+    pair.feed([d for d in out if not is_data(d)] + data[:2], now)
+    pair.sender = type(pair.sender)(
+        pair.sender.config,
+        pair.sender._signing_key,
+        pair.sender._receiver_public,
+        random.Random(98).randbytes,
+        now,
+    )
+    pair.feed(send_all(pair, records_for(10, seed=3), now), now)
+    pair.settle(now, 0.3)
+    gaps = pair.gaps()
+    assert gaps, "the half-received block must become a gap"
+    assert {g.reason for g in gaps} == {"restart"}
+    assert sum(g.count for g in gaps) == len(cut)
+    assert min(g.first_offset for g in gaps) == min(r.offset for r in cut)
+    assert max(g.last_offset for g in gaps) == max(r.offset for r in cut)
+
+
 def test_replayed_datagrams_do_not_deliver_twice(make_pair: MakePair) -> None:
     pair = make_pair(options=ReceiverOptions(receive_window=4))
     records = records_for(1500)
