@@ -280,62 +280,55 @@ def _read_public_pem(path: Path) -> bytes:
         raise KeyFileError(f"key file {path} does not exist") from None
 
 
-def load_signing_key(path: Path) -> SigningKey:
-    """Load an Ed25519 private key (``sender.key`` or ``receiver-audit.key``)."""
+def _load_private(path: Path) -> object:
     pem = _read_private_pem(path)
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        return serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
         raise KeyFileError(f"key file {path} is not a PEM private key: {exc}") from None
+
+
+def _wrong_kind(path: Path, key: object, expected: str) -> KeyFileError:
+    return KeyFileError(f"key file {path} holds a {type(key).__name__}, expected an {expected}")
+
+
+def _load_public_raw(
+    path: Path, kind: type[Ed25519PublicKey | X25519PublicKey], label: str
+) -> bytes:
+    pem = _read_public_pem(path)
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        raise KeyFileError(f"key file {path} is not a PEM public key: {exc}") from None
+    if not isinstance(key, kind):
+        raise _wrong_kind(path, key, f"{label} public key")
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def load_signing_key(path: Path) -> SigningKey:
+    """Load an Ed25519 private key (``sender.key`` or ``receiver-audit.key``)."""
+    key = _load_private(path)
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(
-            f"key file {path} holds a {type(key).__name__}, expected an Ed25519 private key"
-        )
+        raise _wrong_kind(path, key, "Ed25519 private key")
     return SigningKey(key)
 
 
 def load_verify_key(path: Path) -> VerifyKey:
     """Load an Ed25519 public key (``sender.pub`` or ``receiver-audit.pub``)."""
-    pem = _read_public_pem(path)
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"key file {path} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(
-            f"key file {path} holds a {type(key).__name__}, expected an Ed25519 public key"
-        )
-    return VerifyKey(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+    return VerifyKey(_load_public_raw(path, Ed25519PublicKey, "Ed25519"))
 
 
 def load_receiver_private_key(path: Path) -> ReceiverPrivateKey:
     """Load the receiver's X25519 private key (``receiver.key``)."""
-    pem = _read_private_pem(path)
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"key file {path} is not a PEM private key: {exc}") from None
+    key = _load_private(path)
     if not isinstance(key, X25519PrivateKey):
-        raise KeyFileError(
-            f"key file {path} holds a {type(key).__name__}, expected an X25519 private key"
-        )
+        raise _wrong_kind(path, key, "X25519 private key")
     return ReceiverPrivateKey(key)
 
 
 def load_receiver_public_key(path: Path) -> ReceiverPublicKey:
     """Load the receiver's X25519 public key (``receiver.pub``)."""
-    pem = _read_public_pem(path)
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError) as exc:
-        raise KeyFileError(f"key file {path} is not a PEM public key: {exc}") from None
-    if not isinstance(key, X25519PublicKey):
-        raise KeyFileError(
-            f"key file {path} holds a {type(key).__name__}, expected an X25519 public key"
-        )
-    return ReceiverPublicKey(
-        key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    return ReceiverPublicKey(_load_public_raw(path, X25519PublicKey, "X25519"))
 
 
 # --------------------------------------------------------------------------- session keys

@@ -38,7 +38,7 @@ from diode.policy import Action, Decision, Finding, ReloadingPolicy
 from diode.policy.model import RuleAction
 from diode.policy.reload import PolicyEvent, PolicyLoaded, PolicyRejected, PolicyReloaded
 from diode.protocol.crypto import load_receiver_public_key, load_signing_key
-from diode.protocol.events import KeyRotated, SessionStarted
+from diode.protocol.events import KeyRotated, SenderCounters
 from diode.protocol.records import Record
 from diode.protocol.sender import SenderSession
 
@@ -169,14 +169,15 @@ class SenderService:
                     gso=config.udp.gso,
                 )
             )
-            self.session = SenderSession(
+            self._make_session: Callable[[float], SenderSession] = lambda now: SenderSession(
                 config.protocol.protocol_config(),
                 signing_key,
                 receiver_public,
                 random,
-                clock(),
+                now,
                 policy_fingerprint=policy_fingerprint_bytes(self.policy.fingerprint),
             )
+            self._session: SenderSession | None = None
             client = dict(config.kafka.client)
             self._source = KafkaSource(
                 config.kafka.bootstrap_servers,
@@ -205,19 +206,36 @@ class SenderService:
             {
                 "config_fingerprint": self.config_fingerprint,
                 "policy_fingerprint": self.policy.fingerprint,
-                "session_id": self.session.session_id.hex(),
                 "topics": self.topics,
                 "udp": f"{config.udp.host}:{config.udp.port}",
                 "protocol_fingerprint": f"{config.protocol.protocol_config().fingerprint:08x}",
             },
         )
         log.info(
-            "sender started: session %s, %d subscription(s), sending to %s:%d",
-            self.session.session_id.hex(),
+            "sender started: %d subscription(s), sending to %s:%d",
             len(self.topics),
             config.udp.host,
             config.udp.port,
         )
+
+    @property
+    def session(self) -> SenderSession | None:
+        """The protocol session; None until the first record to forward arrives."""
+        return self._session
+
+    def _started(self, now: float) -> SenderSession:
+        # The session starts with the first record to forward, so its first heartbeats
+        # follow its first block closely: a receiver that meets a session through a heartbeat
+        # of an idle sender treats the announced next block as already sent and, after
+        # block_timeout, as lost (an open protocol issue).
+        if self._session is None:
+            self._session = self._make_session(now)
+            self.audit.append(
+                AuditEvent.SESSION_START,
+                {"session_id": self._session.session_id.hex(), "key_id": self._session.key_id},
+            )
+            log.info("session %s started", self._session.session_id.hex())
+        return self._session
 
     # ------------------------------------------------------------------ control
 
@@ -247,7 +265,8 @@ class SenderService:
         """One turn: read a batch, judge and send it, run due timers, commit when due."""
         assert self._source is not None
         now = self._clock()
-        timer = self.session.next_timer()
+        session = self._session
+        timer = session.next_timer() if session is not None else None
         wait = _MAX_WAIT if timer is None else min(_MAX_WAIT, max(0.0, timer - now))
         records = self._source.poll_batch(self.config.kafka.batch_size, wait)
         now = self._clock()
@@ -255,10 +274,12 @@ class SenderService:
             wall = self._wall()
             for record in records:
                 self._judge(record, now, wall)
-        timer = self.session.next_timer()
-        if timer is not None and now >= timer:
-            self._send(self.session.poll(now))
-        self._session_events()
+        session = self._session
+        if session is not None:
+            timer = session.next_timer()
+            if timer is not None and now >= timer:
+                self._send(session.poll(now))
+            self._session_events(session)
         wall = self._wall()
         for finding in self.policy.poll(wall):
             self._anomaly(finding, None)
@@ -291,7 +312,7 @@ class SenderService:
                 (*record.headers, (TARGET_TOPIC, decision.target_topic.encode())),
             )
             try:
-                out = self.session.add(crossing, now)
+                out = self._started(now).add(crossing, now)
             except LocalProtocolError as exc:
                 self.stats.too_large += 1
                 self._refuse(record, decision.rule, f"too large for the protocol: {exc}", "drop")
@@ -450,14 +471,10 @@ class SenderService:
             )
             log.error("policy %s rejected, keeping %s", event.path, event.kept_fingerprint)
 
-    def _session_events(self) -> None:
-        for event in self.session.events():
-            if isinstance(event, SessionStarted):
-                self.audit.append(
-                    AuditEvent.SESSION_START,
-                    {"session_id": event.session_id.hex(), "key_id": event.key_id},
-                )
-            elif isinstance(event, KeyRotated):
+    def _session_events(self, session: SenderSession) -> None:
+        for event in session.events():
+            # SessionStarted is audited when the session is made (``_started``)
+            if isinstance(event, KeyRotated):
                 self.audit.append(
                     AuditEvent.KEY_ROTATION,
                     {
@@ -471,7 +488,7 @@ class SenderService:
 
     def commit_positions(self) -> dict[TopicPartition, int]:
         """Per source partition, the offset that is safe to commit now (see the docstring)."""
-        committable = self.session.committable()
+        committable = self._session.committable() if self._session is not None else {}
         quarantine_clear = self._quarantine is None or len(self._quarantine) == 0
         out: dict[TopicPartition, int] = {}
         for tp, consumed_next in self._consumed.items():
@@ -520,16 +537,18 @@ class SenderService:
         error: BaseException | None = None
         try:
             now = self._clock()
-            self._send(self.session.flush(now))
-            # the manifest copies still owed are sent on their timers: run them out so the
-            # final commit covers everything that was sent
-            limit = now + 2.0
-            while self.session.pending_manifests() and self._clock() < limit:
-                timer = self.session.next_timer()
-                t = self._clock()
-                if timer is not None and timer > t:
-                    time.sleep(min(timer - t, 0.01))
-                self._send(self.session.poll(self._clock()))
+            session = self._session
+            if session is not None:
+                self._send(session.flush(now))
+                # the manifest copies still owed are sent on their timers: run them out so
+                # the final commit covers everything that was sent
+                limit = now + 2.0
+                while session.pending_manifests() and self._clock() < limit:
+                    timer = session.next_timer()
+                    t = self._clock()
+                    if timer is not None and timer > t:
+                        time.sleep(min(timer - t, 0.01))
+                    self._send(session.poll(self._clock()))
             if self._quarantine is not None:
                 self._quarantine.flush(_STOP_FLUSH_S)
             self.commit()
@@ -537,13 +556,14 @@ class SenderService:
             error = exc
             log.error("sender stop: %s", exc)
         finally:
-            counters = self.session.counters()
+            session = self._session
+            counters = session.counters() if session is not None else SenderCounters()
             self.audit.append(
                 AuditEvent.SERVICE_STOP,
                 {
                     "config_fingerprint": self.config_fingerprint,
                     "policy_fingerprint": self.policy.fingerprint,
-                    "session_id": self.session.session_id.hex(),
+                    "session_id": session.session_id.hex() if session is not None else None,
                     "records_consumed": self.stats.consumed,
                     "records_sent": counters.records,
                     "records_refused": self.stats.dropped
@@ -554,7 +574,8 @@ class SenderService:
                     "error": str(error) if error is not None else None,
                 },
             )
-            self.session.close()
+            if session is not None:
+                session.close()
             self._close_io()
             self.audit.close()
         if error is not None:

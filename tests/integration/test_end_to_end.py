@@ -140,7 +140,7 @@ def _wait_for(
             if r.error is not None:
                 raise AssertionError(f"waiting for {what}: a service failed") from r.error
         time.sleep(0.1)
-    state = "; ".join(f"{r.service.stats} {r.service.session.counters()}" for r in services)
+    state = "; ".join(str(r.service.stats) for r in services)
     raise AssertionError(f"timed out waiting for {what}: {state}")
 
 
