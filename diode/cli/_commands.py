@@ -9,7 +9,8 @@ def all_commands() -> list[click.Command]:
     from diode.cli.audit import audit
     from diode.cli.keys import keys
     from diode.cli.policy import policy
+    from diode.cli.run import receiver, sender
     from diode.cli.simulate import simulate
 
-    commands: list[click.Command] = [audit, keys, policy, simulate]
+    commands: list[click.Command] = [audit, keys, policy, receiver, sender, simulate]
     return commands

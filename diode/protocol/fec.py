@@ -62,6 +62,7 @@ __all__ = [
     "ErasureCodec",
     "FecWorker",
     "RaptorQCodec",
+    "RsCodec",
     "ZfecCodec",
     "get_codec",
 ]
@@ -373,6 +374,93 @@ class RaptorQCodec:
         return out
 
 
+# --- rs (our own Reed-Solomon) ---------------------------------------------------------
+
+#: generator tables per (k, m): a handful of block shapes, and each is a few KiB
+_RS_ENCODE_CACHE_SIZE: Final = 64
+#: decode tables per (k, m, symbols used): iid losses rarely repeat a pattern, but a burst
+#: pattern or a dead sender port does, and building one costs far more than a dict lookup
+_RS_DECODE_CACHE_SIZE: Final = 256
+
+
+@functools.lru_cache(maxsize=_RS_ENCODE_CACHE_SIZE)
+def _rs_encode_tables(k: int, m: int) -> bytes:
+    from diode.protocol import _rs
+
+    return _rs.encode_tables(k, m)
+
+
+@functools.lru_cache(maxsize=_RS_DECODE_CACHE_SIZE)
+def _rs_decode_tables(k: int, m: int, indices: tuple[int, ...]) -> tuple[bytes, tuple[int, ...]]:
+    from diode.protocol import _rs
+
+    return _rs.decode_tables(k, m, indices)
+
+
+class RsCodec:
+    """Reed-Solomon over GF(256) with a Cauchy generator, from our C extension: MDS.
+
+    ``diode/protocol/_rs.c`` holds the mathematics and the SIMD kernels (AVX2, SSSE3, portable
+    C, chosen at import). Tables of the generator are cached per (k, m), those of a decode per
+    erasure pattern; the C functions release the GIL while they compute and read the caller's
+    buffers in place.
+    """
+
+    name: str = "rs"
+    #: GF(256) has 256 distinct elements: at most 256 symbols per block
+    max_symbols: int = 256
+    symbol_alignment: int = 1
+    #: far above a jumbo datagram; the same bound as zfec, so configurations carry over
+    max_symbol_length: int = 65535
+
+    def __init__(self) -> None:
+        from diode.protocol import _rs
+
+        self._rs = _rs
+
+    def overhead(self) -> int:
+        return 0
+
+    def encode(self, source: Sequence[Buffer], m: int) -> list[bytes]:
+        _check_source(self, source, m)
+        k = len(source)
+        if m == 0:
+            return []
+        try:
+            return self._rs.apply(_rs_encode_tables(k, m), m, source)
+        except ValueError as exc:
+            raise FECError(f"rs: cannot encode k={k}, m={m}: {exc}") from exc
+
+    def encode_block(self, block: Buffer, k: int, m: int) -> list[bytes]:
+        _check_joined(self, block, k, m)
+        if m == 0:
+            return []
+        try:
+            return self._rs.apply_joined(_rs_encode_tables(k, m), m, k, block)
+        except ValueError as exc:
+            raise FECError(f"rs: cannot encode k={k}, m={m}: {exc}") from exc
+
+    def decode(self, k: int, m: int, received: Mapping[int, Buffer]) -> list[Buffer]:
+        _check_received(self, k, m, received)
+        source = _all_source(k, received)
+        if source is not None:
+            return source
+        # sorted, the first k are every source symbol present and then the lowest repair
+        # symbols: exactly as many as sources are missing, in a canonical order for the cache
+        indices = tuple(sorted(received)[:k])
+        try:
+            tables, missing = _rs_decode_tables(k, m, indices)
+            rebuilt = self._rs.apply(tables, len(missing), [received[i] for i in indices])
+        except ValueError as exc:
+            raise FECError(
+                f"rs: cannot decode k={k}, m={m} from symbols {list(indices)}: {exc}"
+            ) from exc
+        out: list[Buffer] = [received.get(i, b"") for i in range(k)]
+        for index, symbol in zip(missing, rebuilt, strict=True):
+            out[index] = symbol
+        return out
+
+
 # --- worker thread ------------------------------------------------------------------------
 
 
@@ -448,9 +536,12 @@ def _work(
 
 DEFAULT_CODEC: Final = "zfec"
 
-_IMPLEMENTATIONS: Final[dict[str, tuple[str, type[ZfecCodec] | type[RaptorQCodec]]]] = {
+_IMPLEMENTATIONS: Final[
+    dict[str, tuple[str, type[ZfecCodec] | type[RaptorQCodec] | type[RsCodec]]]
+] = {
     "zfec": ("zfec", ZfecCodec),
     "raptorq": ("raptorq", RaptorQCodec),
+    "rs": ("diode.protocol._rs", RsCodec),
 }
 
 #: codec names whose library is importable on this machine

@@ -1,0 +1,19 @@
+"""Types of the C extension ``diode.protocol._rs`` (see ``_rs.c`` for the mathematics)."""
+
+from collections.abc import Sequence
+
+Buffer = bytes | bytearray | memoryview
+
+#: largest k+m, and largest number of rows or input symbols of one ``apply``
+MAX_SYMBOLS: int
+
+def encode_tables(k: int, m: int, /) -> bytes: ...
+def decode_tables(k: int, m: int, indices: Sequence[int], /) -> tuple[bytes, tuple[int, ...]]: ...
+def apply(
+    tables: Buffer, rows: int, symbols: Sequence[Buffer], kernel: str | None = None, /
+) -> list[bytes]: ...
+def apply_joined(
+    tables: Buffer, rows: int, cols: int, block: Buffer, kernel: str | None = None, /
+) -> list[bytes]: ...
+def kernels() -> tuple[str, ...]: ...
+def gf_mul(a: int, b: int, /) -> int: ...
