@@ -454,17 +454,20 @@ class ReceiverSession:
         if len(block.symbols) >= k + self._overhead and self._rebuild(block, number):
             self._advance(s, now)
 
-    def _set_base(self, s: _Session, number: int) -> None:
+    def _set_base(self, s: _Session, number: int, *, exists: bool = True) -> None:
         """First sign of life of a session: expect blocks from a little before ``number``.
 
         Blocks interleaved or reordered with the first one we see may be older; the slack
         makes them wanted (delivered or reported lost) instead of rejected as replays.
+        ``exists`` is false when ``number`` comes from a heartbeat's next block: that block
+        has not been sent yet, so it must not be waited for (or declared lost).
         """
         base = max(0, number - 2 * self.config.interleave - 2)
         s.base = s.head = base
         for b in [b for b in s.manifest if b < base]:
             del s.manifest[b]
-        self._learn(s, number, s.last_heard)
+        if exists:
+            self._learn(s, number, s.last_heard)
 
     def _check_fingerprint(self, fp: int) -> None:
         if fp != self._fp:
@@ -735,7 +738,7 @@ class ReceiverSession:
             )
         )
         if s.base is None:
-            self._set_base(s, hb.next_block)
+            self._set_base(s, hb.next_block, exists=False)
         if hb.next_block > 0:
             self._learn(s, hb.next_block - 1, now)
         self._advance(s, now)

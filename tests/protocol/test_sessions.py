@@ -423,3 +423,20 @@ def test_gap_event_fields(make_pair: MakePair) -> None:
     assert isinstance(gap, GapDetected)
     assert gap.session_id == pair.sender.session_id and gap.topic == "plant.a"
     assert gap.first_offset == records[0].offset
+
+
+def test_an_idle_sender_heard_only_by_heartbeats_loses_nothing(make_pair: MakePair) -> None:
+    """A real sender idles while its Kafka consumer joins: heartbeats come before any data."""
+    pair = make_pair()
+    now = 0.0
+    # announcements and heartbeats only, for longer than the block timeout
+    while now < 2.5:
+        pair.feed(pair.sender.poll(now), now)
+        pair.receiver.poll(now)
+        pair.events.extend(pair.receiver.events())
+        now += 0.05
+    records = records_for(200, seed=4)
+    pair.feed(send_all(pair, records, now), now)
+    pair.settle(now, 1.0)
+    assert pair.gaps() == []
+    check_exact(pair, records)
