@@ -243,7 +243,7 @@ class ReceiverSession:
             # the common case, straight: DATA of a known key of the current session, for an
             # open block in the window; anything else, valid or not, takes the full path
             decrypt = self._fast.get(data[:_PREFIX_SIZE])
-            if decrypt is not None:
+            if decrypt is not None and size >= HEADER_SIZE:
                 number, index, k, m, length = HEADER_TAIL.unpack_from(data, _TAIL_AT)
                 s = self._session
                 assert s is not None  # _fast is empty without a session

@@ -160,6 +160,10 @@ def test_receiver_straight_path_counts_duplicates_and_rejects_forgeries() -> Non
     wrong_shape[33] ^= 1  # m differs from the block's first symbol
     receiver.receive_datagram(bytes(wrong_shape), 0.0)
     assert receiver.counters().rejected["field"] == 1
+    # cut inside the header, right after the prefix the straight path looks up
+    for cut in range(20, 36):
+        receiver.receive_datagram(block0[2][:cut], 0.0)
+    assert receiver.counters().rejected["truncated"] == 16
     for d in data:
         receiver.receive_datagram(d, 0.0)
     receiver.poll(1.0)
