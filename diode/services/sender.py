@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from diode.io.kafka import TARGET_TOPIC, Delivery, KafkaSink, KafkaSource, prove
 from diode.io.udp import UdpSender, UdpSenderConfig
 from diode.policy import Action, Decision, Finding, ReloadingPolicy
 from diode.policy.model import RuleAction
+from diode.policy.patterns import glob_to_regex
 from diode.policy.reload import PolicyEvent, PolicyLoaded, PolicyRejected, PolicyReloaded
 from diode.protocol.crypto import load_receiver_public_key, load_signing_key
 from diode.protocol.events import KeyRotated, SenderCounters
@@ -61,18 +61,6 @@ def policy_fingerprint_bytes(fingerprint: str) -> bytes:
     return raw if len(raw) == 32 else hashlib.sha256(fingerprint.encode()).digest()
 
 
-def _glob_regex(glob: str) -> str:
-    out = []
-    for ch in glob:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(ch))
-    return "".join(out)
-
-
 def topics_from_policy(policy: ReloadingPolicy) -> list[str]:
     """Subscriptions that cover every topic a forward, alert or quarantine rule matches:
     exact names, and ``^...$`` regexes for globs and regexes. Drop rules need no reading."""
@@ -84,7 +72,7 @@ def topics_from_policy(policy: ReloadingPolicy) -> list[str]:
         if m.exact is not None:
             out.append(m.exact)
         elif m.glob is not None:
-            out.append("^" + _glob_regex(m.glob) + "$")
+            out.append("^" + glob_to_regex(m.glob) + "$")
         elif m.regex is not None:
             out.append("^(" + m.regex + ")$")
     return sorted(set(out))
@@ -217,17 +205,16 @@ class SenderService:
             config.udp.host,
             config.udp.port,
         )
+        # announcements and heartbeats from the start: the receiver sees a live link (and
+        # the policy fingerprint) before the first record crosses
+        self._started(clock())
 
     @property
     def session(self) -> SenderSession | None:
-        """The protocol session; None until the first record to forward arrives."""
+        """The protocol session; it starts with the service, so heartbeats flow while idle."""
         return self._session
 
     def _started(self, now: float) -> SenderSession:
-        # The session starts with the first record to forward, so its first heartbeats
-        # follow its first block closely: a receiver that meets a session through a heartbeat
-        # of an idle sender treats the announced next block as already sent and, after
-        # block_timeout, as lost (an open protocol issue).
         if self._session is None:
             self._session = self._make_session(now)
             self.audit.append(
