@@ -5,7 +5,7 @@ import from what the CPU supports, so one binary runs on any x86-64 (and elsewhe
 portable kernel).
 """
 
-from setuptools import Extension, setup
+from setuptools import Extension, setup  # type: ignore[import-untyped]
 
 setup(
     ext_modules=[

@@ -13,7 +13,7 @@ runs, which the other load of a shared machine does not inflate; ``*_two_cores_m
 the sender with its FEC encode on a worker thread (``fec_thread=True``), by wall-clock time,
 and ``*_cpu_mb_s`` for it is the payload per CPU second of both threads.
 
-    python bench/protocol.py [--records N] [--record-size B] [--codec zfec|raptorq]
+    python bench/protocol.py [--records N] [--record-size B] [--codec zfec|raptorq|rs]
                              [-k K] [-m M] [--payload P] [--batch N] [--runs N] [--profile]
 """
 
@@ -28,6 +28,7 @@ import random
 import time
 
 from diode.protocol.crypto import ReceiverPrivateKey, SigningKey
+from diode.protocol.fec import DEFAULT_CODEC
 from diode.protocol.receiver import ReceiverSession
 from diode.protocol.records import Record
 from diode.protocol.sender import SenderSession
@@ -72,7 +73,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--records", type=int, default=40_000)
     ap.add_argument("--record-size", type=int, default=1000)
-    ap.add_argument("--codec", default="zfec")
+    ap.add_argument("--codec", default=DEFAULT_CODEC)
     ap.add_argument("-k", type=int, default=32)
     ap.add_argument("-m", type=int, default=8)
     ap.add_argument("--payload", type=int, default=1400 + HEADER_SIZE + 16)

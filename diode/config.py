@@ -60,7 +60,7 @@ class ProtocolSettings(_Section):
     payload_size: Annotated[int, Field(ge=512, le=8972)] = 1472
     k: Annotated[int, Field(ge=1, le=200)] = 32
     m: Annotated[int, Field(ge=0, le=200)] = 8
-    codec: Literal["zfec", "raptorq"] = "zfec"
+    codec: Literal["rs", "zfec", "raptorq"] = "rs"
     cipher: Literal["aes-256-gcm", "chacha20-poly1305"] = "aes-256-gcm"
     compression: Literal["none", "zlib"] = "none"
     interleave: Annotated[int, Field(ge=1, le=64)] = 4
@@ -190,13 +190,26 @@ class ReceiverLimits(_Section):
     block_timeout_s: Annotated[float, Field(gt=0, le=600)] = 0.5
     max_open_blocks: Annotated[int, Field(ge=16, le=1_000_000)] = 512
     receive_window: Annotated[int, Field(ge=16, le=10_000_000)] = 4096
+    #: records in the newest window read back from each IT partition at start (provenance)
+    provenance_window: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
+    #: most records read back from one IT partition before giving up (audited)
+    provenance_max_records: Annotated[int, Field(ge=1, le=1_000_000_000)] = 200_000
 
 
 class SpoolSettings(_Section):
-    """``[spool]``: records waiting for IT Kafka. When full, new records are lost as a gap."""
+    """``[spool]``: records not yet acknowledged by IT Kafka. When full, new records are lost
+    as an audited gap. With ``path`` set they are kept on disk and survive a stop or crash."""
 
+    #: spool directory (segment files); unset: memory only, and a stop turns what is left
+    #: into audited gaps
+    path: Path | None = None
     max_records: Annotated[int, Field(ge=1, le=100_000_000)] = 100_000
     max_bytes: Annotated[int, Field(ge=1024, le=1 << 40)] = 256 * 1024 * 1024
+    #: when appended records are forced to disk: every loop turn, every record, or never
+    fsync: Literal["never", "batch", "entry"] = "batch"
+    segment_bytes: Annotated[int, Field(ge=4096, le=1 << 32)] = 16 * 1024 * 1024
+    #: seconds a stopping receiver keeps handing spooled records to IT Kafka
+    stop_flush_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
 def _override_env(
@@ -338,6 +351,11 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
                 value = table.get(key)
                 if isinstance(value, str) and value and not os.path.isabs(value):
                     table[key] = str(base / value)
+    spool = data.get("spool")
+    if isinstance(spool, dict):
+        value = spool.get("path")
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            spool["path"] = str(base / value)
     value = data.get("policy_file")
     if isinstance(value, str) and value and not os.path.isabs(value):
         data["policy_file"] = str(base / value)

@@ -22,6 +22,7 @@ it into a counter, an event or a clear message, never into a crash::
     +-- KafkaError                  a Kafka cluster did something we cannot handle
     +-- TransportError              a socket refused a datagram for good (EMSGSIZE, ...)
     +-- ServiceError                a long-running program cannot go on
+        +-- SpoolError              the receiver's on-disk spool cannot be read or written
 """
 
 from __future__ import annotations
@@ -125,3 +126,7 @@ class TransportError(DiodeError):
 
 class ServiceError(DiodeError):
     """A long-running program cannot go on."""
+
+
+class SpoolError(ServiceError):
+    """The receiver's on-disk spool cannot be read or written."""

@@ -18,12 +18,17 @@ from diode.policy.decision import Action, Decision
 from diode.policy.diff import diff_policies
 from diode.policy.engine import PolicyEngine
 from diode.policy.loader import Policy, load_policy
+from diode.policy.model import VIOLATION_KINDS, Rule, RuleAction, ViolationAction
 from diode.policy.replay import parse_line
 from diode.policy.template import TEMPLATE
 from diode.protocol.records import Record
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 _EXISTING = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+#: exit status of `test --exit-code` / `replay --exit-code` when a record is refused; 1 and 2
+#: already mean an error (invalid policy, unreadable input) and a usage error
+EXIT_REFUSED = 3
 
 
 def _problems(exc: PolicyValidationError) -> str:
@@ -188,6 +193,41 @@ def show(file: Path) -> None:
     console.print(table)
     if m.quarantine_topic:
         click.echo(f"quarantine topic (OT side): {m.quarantine_topic}")
+    blocking = [
+        f"{r.id} ({', '.join(kinds)})" for r in m.rules if (kinds := _blocking_kinds(pol, r))
+    ]
+    if blocking:
+        click.echo(
+            "block_topic: a violation of these kinds blocks its whole source topic: "
+            + "; ".join(blocking)
+        )
+        click.echo(
+            "  A block lives in the running sender: a policy reload does not lift it; "
+            "restarting the sender does, and so does the engine's unblock(topic) "
+            "(ReloadingPolicy.unblock) where the service offers it."
+        )
+
+
+def _blocking_kinds(pol: Policy, rule: Rule) -> list[str]:
+    """The kinds of violation that can happen under ``rule`` and block the topic."""
+    if rule.action is RuleAction.DROP:
+        return []  # nothing is checked
+    value = rule.value
+    possible = {
+        "size": True,
+        "rate": rule.rate is not None and rule.action.as_action().crosses,
+        "format": value is not None and value.format == "json",
+        "schema": value is not None and value.schema_ is not None,
+        "fields": value is not None and bool(value.fields),
+        "deny": bool(rule.deny),
+        "headers": bool(rule.required_headers),
+        "anomaly": rule.anomaly is not None,
+    }
+    return [
+        k
+        for k in VIOLATION_KINDS
+        if possible[k] and pol.violation_action(rule, k) is ViolationAction.BLOCK_TOPIC
+    ]
 
 
 def _write_edit(file: Path, doc: edit.Document, changes: list[str], dry_run: bool) -> None:
@@ -245,7 +285,9 @@ def allow(
     """Let TOPIC (a name, or a glob with * ? [..]) cross, editing FILE in place.
 
     Updates the rule that matches exactly TOPIC, or appends a new one. Rules that drop part
-    of TOPIC stay in force: their topics are added to the new rule's `except`. Comments and
+    of TOPIC stay in force: their topics are added to the new rule's `except` (a rule that
+    matches by regex is added as the globs that mean exactly that regex; where there are
+    none, nothing is written and the message shows what to write by hand). Comments and
     order are kept; the result is validated before it is written, and written atomically.
 
     \b
@@ -267,7 +309,7 @@ def allow(
         rule_id=rule_id,
     )
     try:
-        changes = edit.allow(doc.data, topic, opts, regex=regex)
+        changes = edit.allow(doc.data, topic, opts, regex=regex, source=str(file))
     except PolicyError as exc:
         raise click.ClickException(str(exc)) from exc
     _write_edit(file, doc, changes, dry_run)
@@ -281,8 +323,9 @@ def allow(
 def deny(file: Path, topic: str, rule_id: str | None, dry_run: bool) -> None:
     """Stop TOPIC (a name, or a glob) from crossing, editing FILE in place.
 
-    Adds a drop rule for TOPIC (or turns the rule that matches exactly TOPIC into one) and
-    lists TOPIC under `except` in every rule that would otherwise forward it.
+    Adds a drop rule for TOPIC (or turns the rule that matches exactly TOPIC into one, and
+    removes its `rate`, which a drop rule never uses) and lists TOPIC under `except` in
+    every rule that would otherwise forward it.
 
     \b
     Example:
@@ -350,6 +393,11 @@ def _print_decision(d: Decision, out: IO[str] | None = None, prefix: str = "") -
 @click.option("--partition", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--timestamp", type=int, help="Record timestamp, ms since the epoch [default: now].")
 @click.option("--json", "as_json", is_flag=True, help="Print the decision as JSON.")
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help=f"Exit {EXIT_REFUSED} unless the decision is forward (alert counts as not forward).",
+)
 def test(
     file: Path,
     topic: str,
@@ -360,16 +408,22 @@ def test(
     partition: int,
     timestamp: int | None,
     as_json: bool,
+    exit_code: bool,
 ) -> None:
     """Print the decision FILE makes for one record (a fresh engine, no history).
 
     With --json the output has action, target_topic, rule, reasons and findings.
+
+    Exit status: 0 whatever the decision; with --exit-code, 0 only for forward and
+    3 for anything else (alert, drop, quarantine, block_topic), so a CI job can assert
+    that a sample record crosses. 1 is an invalid policy, 2 a usage error.
 
     \b
     Example:
       diode policy test plant.yaml --topic plant.telemetry.boiler \\
           --value '{"tag": "TI-101", "value": 81.5}' --header source=plc-3 --json
       {"action": "forward", "target_topic": "ot.plant.telemetry.boiler", "rule": "telemetry", ...}
+      diode policy test plant.yaml --topic plant.commands --exit-code || echo refused
     """
     if value is not None and value_file is not None:
         raise click.UsageError("give --value or --value-file, not both")
@@ -392,6 +446,8 @@ def test(
         click.echo(json.dumps(decision.as_dict()))
     else:
         _print_decision(decision)
+    if exit_code and decision.action is not Action.FORWARD:
+        sys.exit(EXIT_REFUSED)
 
 
 @policy.command(
@@ -418,20 +474,37 @@ JSONL record format, one object per line:
     type=click.FloatRange(min=0, min_open=True),
     default=1.0,
     show_default=True,
-    help="Seconds of stream time between silence checks.",
+    help="Seconds of stream time between time-driven checks (silence, skew episodes).",
+)
+@click.option(
+    "--exit-code",
+    is_flag=True,
+    help=f"Exit {EXIT_REFUSED} if any record was refused (did not cross).",
 )
 def replay(
-    file: Path, records: IO[bytes], as_json: bool, show_all: bool, poll_every: float
+    file: Path,
+    records: IO[bytes],
+    as_json: bool,
+    show_all: bool,
+    poll_every: float,
+    exit_code: bool,
 ) -> None:
     """Run a recorded stream through FILE: decisions and anomaly findings over time.
 
     Time is the stream's own (`now` of each record), so a replay is deterministic and the
     detectors warm up and fire as they would have live. Prints every record that was not
-    forwarded clean (all with --all), silence findings as they become due, then a summary.
+    forwarded clean (all with --all), time-driven findings (silence, timestamp-skew
+    episodes) as they become due, then a summary.
+
+    Exit status: 0 whatever the decisions; with --exit-code, 3 if any record was refused
+    (drop, quarantine, block_topic; alert crosses and does not count), so a CI job can
+    assert that a recorded stream still passes a changed policy. 1 is an invalid policy or
+    a bad line, 2 a usage error.
 
     \b
     Example:
       diode policy replay plant.yaml --records yesterday.jsonl
+      diode policy replay plant-new.yaml --records yesterday.jsonl --exit-code
     """
     pol = _load(file)
     engine = PolicyEngine(pol)
@@ -488,6 +561,8 @@ def replay(
         )
         for t, why in engine.blocked_topics().items():
             click.echo(f"blocked: {t}: {why}")
+    if exit_code and any(not Action(a).crosses for a in actions):
+        sys.exit(EXIT_REFUSED)
 
 
 def _emit_finding(f: Mapping[str, object], now: float, as_json: bool) -> None:

@@ -108,7 +108,13 @@ def receiver_run(config_path: Path, log_level: str) -> None:
     At start it reads the last delivered source offsets from the IT topics' provenance
     headers, so records a restarted sender sends again are skipped, not duplicated. Every
     record is re-checked against the receiver's own allow-list; losses (FEC could not
-    rebuild, spool full, produce failed) are audited as gaps.
+    rebuild, spool full, produce failed) are audited as gaps. Records wait in the spool
+    ([spool] path: on disk) until IT Kafka acknowledges them, so IT Kafka may go down.
+
+    \b
+    Signals:
+      SIGTERM, SIGINT   hand the spool to Kafka for [spool] stop_flush_s, keep the rest on
+                        disk for the next start (or audit it as gaps: memory spool), exit
 
     \b
     Environment overrides, e.g.:

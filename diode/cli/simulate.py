@@ -72,7 +72,13 @@ def _probability(ctx: click.Context, param: click.Parameter, value: float) -> fl
 @click.option(
     "--cipher", type=click.Choice(sorted(_CIPHERS)), default="aes-256-gcm", show_default=True
 )
-@click.option("--codec", default="zfec", show_default=True, help="FEC codec: zfec or raptorq.")
+@click.option(
+    "--codec",
+    type=click.Choice(["rs", "zfec", "raptorq"]),
+    default="rs",
+    show_default=True,
+    help="FEC codec: rs (built-in SIMD Reed-Solomon), zfec, or raptorq (not MDS: needs k+2).",
+)
 @click.option("--compress", is_flag=True, help="Compress blocks with zlib.")
 @click.option(
     "--rate",

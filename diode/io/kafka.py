@@ -12,7 +12,7 @@ Owns every call into confluent-kafka and nothing above it:
   plus provenance headers. Delivery results come back through a callback; nothing is dropped
   without the callback hearing of it.
 * :func:`ensure_topic`, :func:`partition_count` and :func:`read_provenance` (the last source
-  offset delivered per source partition, read from the tail of IT-side topics).
+  offset delivered per source partition, read backwards from the end of IT-side topics).
 
 Provenance headers (values are ASCII): ``diode-src-topic``, ``diode-src-partition``,
 ``diode-src-offset``, ``diode-session`` (hex session id).
@@ -54,8 +54,10 @@ TARGET_TOPIC = "diode-target-topic"
 
 #: Kafka's limit on a topic name
 MAX_TOPIC_LENGTH = 249
-#: records read back from the end of each IT partition when learning provenance
+#: records in the first (newest) window read back from each IT partition for provenance
 DEFAULT_PROVENANCE_TAIL = 1000
+#: most records read back from one IT partition for provenance before giving up
+DEFAULT_PROVENANCE_MAX = 200_000
 
 ClientConfig = Mapping[str, str | int | float | bool]
 TopicPartitionKey = tuple[str, int]
@@ -164,6 +166,16 @@ class KafkaSource:
             self._consumer.subscribe(list(topics), on_revoke=self._revoked)
         except KafkaException as exc:
             raise KafkaError(f"cannot start the consumer: {exc}") from exc
+
+    def subscribe(self, topics: Sequence[str]) -> None:
+        """Replace the subscription (after a policy reload); a rebalance follows."""
+        if not topics:
+            raise KafkaError("no topics to consume: the policy forwards nothing")
+        try:
+            self._consumer.subscribe(list(topics), on_revoke=self._revoked)
+        except KafkaException as exc:
+            raise KafkaError(f"cannot change the subscription: {exc}") from exc
+        self.topics = tuple(topics)
 
     def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
         if self._on_revoke is not None:
@@ -334,6 +346,15 @@ class KafkaSink:
         """Records handed over and not yet acknowledged (or failed)."""
         return len(self._producer)
 
+    def abandon(self) -> None:
+        """Drop every record not yet acknowledged (their callbacks report a purge error), so a
+        stopped service's producer does not go on delivering behind its back."""
+        try:
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            self._producer.flush(0)
+        except KafkaException as exc:
+            raise KafkaError(f"purging the producer failed: {exc}") from exc
+
 
 # ---------------------------------------------------------------------------------- admin
 
@@ -411,21 +432,59 @@ def list_topics(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class PartitionScan:
+    """How far back one IT partition was read when learning provenance."""
+
+    topic: str
+    partition: int
+    low: int  # the partition's first offset
+    high: int  # its end (next offset to be written)
+    read_from: int  # the oldest offset read
+    records: int  # records read
+    complete: bool  # every expected source found, or read back to ``low``
+    sources: tuple[TopicPartitionKey, ...]  # source partitions found in it
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """The last source offset delivered per source partition, and how it was learned."""
+
+    last: dict[TopicPartitionKey, int]
+    partitions: tuple[PartitionScan, ...]
+
+    @property
+    def incomplete(self) -> tuple[PartitionScan, ...]:
+        return tuple(p for p in self.partitions if not p.complete)
+
+
+#: the IT-side source partitions expected in one IT partition; None: unknown (read to the start)
+ExpectedSources = Callable[[str, int], set[TopicPartitionKey] | None]
+
+
 def read_provenance(
     bootstrap_servers: str,
     topics: Iterable[str],
     *,
     client: ClientConfig | None = None,
-    tail: int = DEFAULT_PROVENANCE_TAIL,
+    window: int = DEFAULT_PROVENANCE_TAIL,
+    max_records: int = DEFAULT_PROVENANCE_MAX,
+    expected: ExpectedSources | None = None,
     timeout: float = 30.0,
-) -> dict[TopicPartitionKey, int]:
-    """The highest source offset per (source topic, partition) in the last ``tail`` records
-    of every partition of ``topics`` (IT-side topics the diode writes).
+) -> Provenance:
+    """The highest source offset per (source topic, partition) delivered to ``topics``
+    (IT-side topics the diode writes), read from their provenance headers.
 
-    The diode writes source partition p to target partition p in offset order, so with one
-    source topic per target the last record alone is exact; ``tail`` covers targets that
-    several source topics map to. Records without provenance headers are ignored.
+    Each partition is read backwards in windows (``window`` records, doubling) until every
+    source partition ``expected`` names for it has been found, or the partition's start is
+    reached. Source partition p goes to IT partition p in offset order, so the newest window
+    a source appears in holds its last offset; but only the start of the partition proves
+    that no other source is hiding further back. At most ``max_records`` are read per
+    partition: a partition given up on is reported with ``complete=False`` (a source whose
+    last record lies beyond it is not de-duplicated). Records without provenance are ignored.
     """
+    if window < 1 or max_records < 1:
+        raise ValueError(f"window {window} and max_records {max_records} must be positive")
     conf: dict[str, Any] = dict(client or {})
     conf.update(
         {
@@ -437,61 +496,90 @@ def read_provenance(
         }
     )
     consumer = Consumer(conf)
-    out: dict[TopicPartitionKey, int] = {}
+    last: dict[TopicPartitionKey, int] = {}
+    scans: list[PartitionScan] = []
+    deadline = time.monotonic() + timeout
     try:
-        assignment: list[Any] = []
-        remaining: set[TopicPartitionKey] = set()
-        ends: dict[TopicPartitionKey, int] = {}
         for topic in topics:
             md = consumer.list_topics(topic=topic, timeout=timeout)
             t = md.topics.get(topic)
             if t is None or t.error is not None:
                 continue
-            for p in t.partitions:
+            for p in sorted(t.partitions):
                 low, high = consumer.get_watermark_offsets(
                     TopicPartition(topic, p), timeout=timeout, cached=False
                 )
-                if high <= low:
-                    continue
-                start = max(low, high - tail)
-                assignment.append(
-                    TopicPartition(topic, p, start if start > 0 else OFFSET_BEGINNING)
+                want = expected(topic, p) if expected is not None else None
+                scans.append(
+                    _scan_partition(
+                        consumer, topic, p, low, high, window, max_records, want, last, deadline
+                    )
                 )
-                remaining.add((topic, p))
-                ends[(topic, p)] = high
-        if not assignment:
-            return out
-        consumer.assign(assignment)
-        deadline = time.monotonic() + timeout
-        while remaining:
-            if time.monotonic() > deadline:
-                raise KafkaError(
-                    f"reading provenance timed out after {timeout}s; unfinished: "
-                    + ", ".join(f"{t}[{p}]" for t, p in sorted(remaining))
-                )
-            for msg in consumer.consume(num_messages=1000, timeout=0.5):
-                err = msg.error()
-                key = (str(msg.topic()), int(msg.partition() or 0))
-                if err is not None:
-                    if err.code() == RdKafkaError._PARTITION_EOF:
-                        remaining.discard(key)
-                        continue
-                    if err.fatal():
-                        raise KafkaError(f"reading provenance failed: {_error_text(err)}")
-                    continue
-                if (msg.offset() or 0) + 1 >= ends.get(key, 0):
-                    remaining.discard(key)
-                prov = parse_provenance(_bytes_headers(msg.headers()))
-                if prov is None:
-                    continue
-                src = (prov[0], prov[1])
-                if prov[2] > out.get(src, -1):
-                    out[src] = prov[2]
     except KafkaException as exc:
         raise KafkaError(f"reading provenance failed: {exc}") from exc
     finally:
         consumer.close()
-    return out
+    return Provenance(last, tuple(scans))
+
+
+def _scan_partition(
+    consumer: Any,
+    topic: str,
+    partition: int,
+    low: int,
+    high: int,
+    window: int,
+    max_records: int,
+    want: set[TopicPartitionKey] | None,
+    last: dict[TopicPartitionKey, int],
+    deadline: float,
+) -> PartitionScan:
+    found: set[TopicPartitionKey] = set()
+    end = high
+    records = 0
+    size = window
+    while end > low:
+        if want is not None and want <= found:
+            break
+        if records >= max_records:
+            break
+        start = max(low, end - min(size, max_records - records))
+        consumer.assign(
+            [TopicPartition(topic, partition, start if start > 0 else OFFSET_BEGINNING)]
+        )
+        done = False
+        while not done:
+            if time.monotonic() > deadline:
+                raise KafkaError(
+                    f"reading provenance of {topic}[{partition}] timed out at offset {start}"
+                )
+            for msg in consumer.consume(num_messages=1000, timeout=0.5):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == RdKafkaError._PARTITION_EOF:
+                        done = True
+                        continue
+                    if err.fatal():
+                        raise KafkaError(f"reading provenance failed: {_error_text(err)}")
+                    continue
+                offset = int(msg.offset() or 0)
+                if offset >= end:
+                    done = True  # into the window read before: this one is finished
+                    continue
+                records += 1
+                if offset >= end - 1:
+                    done = True
+                prov = parse_provenance(_bytes_headers(msg.headers()))
+                if prov is None:
+                    continue
+                src = (prov[0], prov[1])
+                found.add(src)
+                if prov[2] > last.get(src, -1):
+                    last[src] = prov[2]
+        end = start
+        size *= 2
+    complete = end <= low or (want is not None and want <= found)
+    return PartitionScan(topic, partition, low, high, end, records, complete, tuple(sorted(found)))
 
 
 __all__ = [
@@ -502,8 +590,11 @@ __all__ = [
     "SRC_TOPIC",
     "TARGET_TOPIC",
     "Delivery",
+    "ExpectedSources",
     "KafkaSink",
     "KafkaSource",
+    "PartitionScan",
+    "Provenance",
     "ensure_topic",
     "list_topics",
     "parse_provenance",

@@ -9,7 +9,9 @@ with fixed bounds, after a warm-up during which they only learn:
 * size: each record's size against the EWMA of sizes;
 * field drift: a numeric field's fast EWMA against its slow baseline, so both a sudden jump
   and a slow creep show, and one alarm is raised per episode, not per record;
-* timestamp: a record stamped too far ahead of or behind the clock;
+* timestamp: a record stamped too far ahead of or behind the clock. Every such record is a
+  violation (its decision says why), but a producer with a wrong clock is one finding per
+  episode, with running counts and a summary from ``poll(now)``, not one per record;
 * silence: a topic that talked steadily and has been quiet far longer than usual, reported
   by ``poll(now)`` because no record arrives to trigger it.
 """
@@ -146,7 +148,12 @@ class FieldMonitor:
     """Drift of one numeric field: an EWMA control chart.
 
     During warm-up the baseline mean and standard deviation are learnt from the values
-    themselves. Afterwards the fast EWMA of the values is compared with the baseline mean, in
+    themselves. The spread used is never below ``min_std`` nor below ``min_std_fraction``
+    times the larger of ``|baseline mean|`` and ``|value|``: a signal that was constant
+    during warm-up has no spread of its own, and a floor relative to its magnitude keeps its
+    first small change from scoring in the millions (the first record of a jump then scores
+    at most about ``2 * alpha_fast / (min_std_fraction * sqrt(alpha_fast / (2 - alpha_fast)))``,
+    whatever the units). Afterwards the fast EWMA of the values is compared with the baseline mean, in
     units of the fast EWMA's own spread (``std * sqrt(a / (2 - a))``), so a sudden jump and a
     slow creep both stand out. The baseline keeps adapting slowly (mean with ``alpha_slow``,
     spread ten times slower, each step clipped at 4 sigma) so that a drift is not absorbed
@@ -154,7 +161,7 @@ class FieldMonitor:
     One alarm is raised per episode; it re-arms once back within half the threshold.
     """
 
-    __slots__ = ("alarmed", "cfg", "fast", "m2", "mean", "n", "path", "scale", "var")
+    __slots__ = ("alarmed", "cfg", "fast", "frac", "m2", "mean", "n", "path", "scale", "var")
 
     def __init__(self, path: str, cfg: FieldDetector) -> None:
         self.path = path
@@ -166,6 +173,7 @@ class FieldMonitor:
         self.fast = 0.0
         self.alarmed = False
         self.scale = math.sqrt(cfg.alpha_fast / (2.0 - cfg.alpha_fast))
+        self.frac = cfg.min_std_fraction
 
     def observe(self, x: float, topic: str, rule: str) -> Finding | None:
         cfg = self.cfg
@@ -186,7 +194,13 @@ class FieldMonitor:
         std = math.sqrt(self.var)
         if std < cfg.min_std:
             std = cfg.min_std
+        am = mean if mean >= 0 else -mean
+        ax = x if x >= 0 else -x
+        floor = self.frac * (am if am > ax else ax)
+        if std < floor:
+            std = floor
         if std < 1e-9:
+            # only a value and baseline of exactly 0, or both floors set to 0, get here
             std = 1e-9
         z = (fast - mean) / (std * self.scale)
         az = z if z >= 0 else -z
@@ -219,29 +233,124 @@ class FieldMonitor:
         return finding
 
 
-def timestamp_finding(
-    cfg: TimestampDetector, ts_ms: int, now: float, topic: str, rule: str
-) -> Finding | None:
-    skew = ts_ms / 1000.0 - now
-    if skew > cfg.max_future_s:
+def _skew_words(skew: float, cfg: TimestampDetector) -> str:
+    if skew > 0:
+        return f"timestamp {skew:.1f} s in the future (limit {cfg.max_future_s:g} s)"
+    return f"timestamp {-skew:.1f} s in the past (limit {cfg.max_past_s:g} s)"
+
+
+def _records(n: int) -> str:
+    return f"{n} record" if n == 1 else f"{n} records"
+
+
+class SkewMonitor:
+    """Timestamp skew of one topic, as episodes.
+
+    ``skewed`` is called for each record outside the bounds: the first of an episode gets a
+    ``Finding``; the rest get only the reason text (their decision still says why, and the
+    anomaly action still applies to each). ``poll`` reports the running count every
+    ``report_every_s`` and closes the episode, with its total, once no skewed record has
+    come for ``clear_after_s``. Episodes end only in ``poll``, so a producer whose clock
+    flaps between good and bad stays one episode rather than becoming many.
+    """
+
+    __slots__ = (
+        "cfg",
+        "count",
+        "high",
+        "last_report",
+        "last_skew",
+        "low",
+        "max_future",
+        "max_past",
+        "open",
+        "started",
+    )
+
+    def __init__(self, cfg: TimestampDetector) -> None:
+        self.cfg = cfg
+        self.max_future = cfg.max_future_s
+        self.max_past = cfg.max_past_s
+        self.open = False
+        self.count = 0
+        self.started = 0.0
+        self.last_skew = 0.0
+        self.last_report = 0.0
+        self.low = 0.0
+        self.high = 0.0
+
+    def skewed(self, skew: float, now: float, topic: str, rule: str) -> Finding | str:
+        cfg = self.cfg
+        words = _skew_words(skew, cfg)
+        self.last_skew = now
+        if self.open:
+            self.count += 1
+            if skew < self.low:
+                self.low = skew
+            elif skew > self.high:
+                self.high = skew
+            return words
+        self.open = True
+        self.count = 1
+        self.started = self.last_report = now
+        self.low = self.high = skew
         return Finding(
             "timestamp",
             topic,
             rule,
             skew,
-            cfg.max_future_s,
-            f"timestamp {skew:.1f} s in the future (limit {cfg.max_future_s:g} s)",
+            self._limit(skew),
+            f"{words}; further skewed records of this topic are counted, reported every "
+            f"{cfg.report_every_s:g} s and summed up once none has come for "
+            f"{cfg.clear_after_s:g} s",
         )
-    if -skew > cfg.max_past_s:
-        return Finding(
-            "timestamp",
-            topic,
-            rule,
-            skew,
-            -cfg.max_past_s,
-            f"timestamp {-skew:.1f} s in the past (limit {cfg.max_past_s:g} s)",
-        )
-    return None
+
+    def _limit(self, skew: float) -> float:
+        return self.cfg.max_future_s if skew > 0 else -self.cfg.max_past_s
+
+    def _worst(self) -> float:
+        return self.high if self.high > -self.low else self.low
+
+    def _span(self) -> str:
+        cfg = self.cfg
+        parts = []
+        if self.low < 0 and -self.low > cfg.max_past_s:
+            parts.append(f"up to {-self.low:.1f} s in the past")
+        if self.high > cfg.max_future_s:
+            parts.append(f"up to {self.high:.1f} s in the future")
+        return " and ".join(parts)
+
+    def poll(self, now: float, topic: str, rule: str) -> Finding | None:
+        if not self.open:
+            return None
+        cfg = self.cfg
+        worst = self._worst()
+        if now - self.last_skew >= cfg.clear_after_s:
+            self.open = False
+            return Finding(
+                "timestamp",
+                topic,
+                rule,
+                worst,
+                self._limit(worst),
+                f"timestamp skew over: {_records(self.count)} in "
+                f"{self.last_skew - self.started:.0f} s, {self._span()}; none for "
+                f"{now - self.last_skew:.0f} s",
+                self.count,
+            )
+        if now - self.last_report >= cfg.report_every_s:
+            self.last_report = now
+            return Finding(
+                "timestamp",
+                topic,
+                rule,
+                worst,
+                self._limit(worst),
+                f"timestamp skew continues: {_records(self.count)} in "
+                f"{now - self.started:.0f} s so far, {self._span()}",
+                self.count,
+            )
+        return None
 
 
 class SilenceMonitor:
@@ -305,7 +414,7 @@ class TopicMonitor:
         self.rule = rule
         self.rate = RateMonitor(cfg.rate) if cfg.rate else None
         self.size = SizeMonitor(cfg.size) if cfg.size else None
-        self.timestamp = cfg.timestamp
+        self.timestamp = SkewMonitor(cfg.timestamp) if cfg.timestamp else None
         self.silence = SilenceMonitor(cfg.silence) if cfg.silence else None
         self.fields = [
             (tuple(path.split(".")), FieldMonitor(path, fc)) for path, fc in cfg.fields.items()
@@ -315,10 +424,12 @@ class TopicMonitor:
     def wants_value(self) -> bool:
         return bool(self.fields)
 
-    def observe(self, ts_ms: int, size: int, value: Any, now: float) -> list[Finding] | None:
-        """Feed one record; return its findings, or None when there are none."""
+    def observe(self, ts_ms: int, size: int, value: Any, now: float) -> list[Finding | str] | None:
+        """Feed one record; return what it showed, or None when nothing. A ``Finding`` is
+        reported (audited); a string is a reason that belongs to the record only (a skewed
+        timestamp inside an episode that was already reported)."""
         # the common case (no finding, window still open) is inlined: this runs per record
-        out: list[Finding] | None = None
+        out: list[Finding | str] | None = None
         rate = self.rate
         if rate is not None:
             end = rate.window_end
@@ -354,10 +465,8 @@ class TopicMonitor:
         # a negative timestamp is Kafka's "none given", not a record from before 1970
         if ts is not None and ts_ms >= 0:
             skew = ts_ms / 1000.0 - now
-            if skew > ts.max_future_s or -skew > ts.max_past_s:
-                f = timestamp_finding(ts, ts_ms, now, self.topic, self.rule)
-                if f is not None:
-                    out = [*(out or ()), f]
+            if skew > ts.max_future or -skew > ts.max_past:
+                out = [*(out or ()), ts.skewed(skew, now, self.topic, self.rule)]
         if self.silence is not None:
             self.silence.observe(now)
         if value is not None and self.fields:
@@ -374,7 +483,20 @@ class TopicMonitor:
                         out = [*(out or ()), f]
         return out
 
-    def poll(self, now: float) -> Finding | None:
-        if self.silence is None:
-            return None
-        return self.silence.poll(now, self.topic, self.rule)
+    @property
+    def polled(self) -> bool:
+        """True if ``poll`` can report anything for this topic."""
+        return self.silence is not None or self.timestamp is not None
+
+    def poll(self, now: float) -> list[Finding]:
+        """Findings due to time alone: silence, and timestamp-skew episodes."""
+        out = []
+        if self.silence is not None:
+            f = self.silence.poll(now, self.topic, self.rule)
+            if f is not None:
+                out.append(f)
+        if self.timestamp is not None:
+            f = self.timestamp.poll(now, self.topic, self.rule)
+            if f is not None:
+                out.append(f)
+        return out

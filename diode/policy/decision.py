@@ -22,7 +22,12 @@ class Action(StrEnum):
     QUARANTINE = "quarantine"
     """Keep it on the OT side in the quarantine topic; it never crosses."""
     BLOCK_TOPIC = "block_topic"
-    """Discard it and every later record of its topic until the policy is reloaded."""
+    """Discard it and every later record of its topic until the block is lifted.
+
+    The block lives in the running engine: it survives a hot reload of the policy (a
+    reload must not reopen a topic that leaked, say, a credential), and is lifted by
+    ``PolicyEngine.unblock(topic)`` (``ReloadingPolicy.unblock``) or by restarting the
+    sending service, which starts with no topic blocked."""
 
     @property
     def crosses(self) -> bool:
@@ -52,6 +57,9 @@ class Finding:
     observed: float
     threshold: float
     message: str
+    count: int = 1
+    """Records this finding stands for: 1, except for the running and final reports of a
+    timestamp-skew episode, which give the episode's records so far."""
 
     def as_dict(self) -> dict[str, str | float]:
         return {
@@ -61,6 +69,7 @@ class Finding:
             "observed": self.observed,
             "threshold": self.threshold,
             "message": self.message,
+            "count": self.count,
         }
 
 

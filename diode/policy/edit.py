@@ -3,7 +3,10 @@
 Edits work on the ruamel.yaml round-trip document, so comments, key order and quoting of
 everything not touched survive. Since overlapping rules must agree on their action, allowing
 or denying a topic also carves it out of (``except``) the rules it would otherwise collide
-with. ``write_policy`` validates the result first and replaces the file atomically.
+with. ``except`` lists globs, so a refusing rule that matches by regex is carved out by the
+globs that mean exactly that regex when there are such (``patterns.regex_as_globs``);
+otherwise the edit is refused with the lines to write by hand. The caller validates the
+result (``render``) and replaces the file atomically (``write_atomically``).
 """
 
 from __future__ import annotations
@@ -125,15 +128,26 @@ def _add_except(rule: Any, pattern: str) -> bool:
     return True
 
 
-def _overlapping(rules: CommentedSeq, kind: str, pattern: str, skip: Any) -> list[Any]:
+def _overlapping(
+    rules: CommentedSeq, kind: str, pattern: str, skip: Any
+) -> list[tuple[Any, str | None]]:
+    """Rules whose topics meet ``pattern``'s, each with a topic both match (None when the
+    search could not decide, which counts as meeting: the carve-out is then harmless)."""
     mine = patterns.TopicNFA.from_regex(_regex_of(kind, pattern))
-    out = []
+    out: list[tuple[Any, str | None]] = []
     for r in rules:
         if r is skip or not isinstance(r, dict):
             continue
         other = _nfa(r.get("match"))
-        if other is not None and patterns.find_common_topic([mine], [other[0]], other[1]):
-            out.append(r)
+        if other is None:
+            continue
+        try:
+            common = patterns.find_common_topic([mine], [other[0]], other[1])
+        except patterns.OverlapUndecidedError:
+            out.append((r, None))
+            continue
+        if common is not None:
+            out.append((r, common))
     return out
 
 
@@ -141,12 +155,24 @@ def _action(rule: Any) -> str:
     return str(rule.get("action", "forward"))
 
 
-def allow(doc: CommentedMap, topic: str, opts: TopicOptions, *, regex: bool = False) -> list[str]:
-    """Make ``topic`` (exact name, glob, or regex) cross; return what changed, in words."""
+def allow(
+    doc: CommentedMap,
+    topic: str,
+    opts: TopicOptions,
+    *,
+    regex: bool = False,
+    source: str = "the policy file",
+) -> list[str]:
+    """Make ``topic`` (exact name, glob, or regex) cross; return what changed, in words.
+
+    Raises ``PolicyError`` saying what to write by hand when a refusing rule that overlaps
+    matches by a regex that no list of globs can express (``source`` names the file in
+    that message)."""
     kind = match_kind(topic, regex=regex)
     rules = _rules(doc)
     changes: list[str] = []
     rule = next((r for r in rules if _same_match(r.get("match"), kind, topic)), None)
+    created = rule is None
     if rule is None:
         rule = CommentedMap()
         rule["id"] = opts.rule_id or _new_id(rules, topic.replace("*", "all"))
@@ -163,14 +189,66 @@ def allow(doc: CommentedMap, topic: str, opts: TopicOptions, *, regex: bool = Fa
         changes.append(f"rule {rule['id']!r} already forwards {kind} {topic}")
     _apply(rule, opts, changes)
     # narrower rules that refuse part of this pattern stay in force as exceptions
-    for other in _overlapping(rules, kind, topic, rule):
+    stuck: list[tuple[Any, str | None]] = []
+    for other, common in _overlapping(rules, kind, topic, rule):
         if _action(other) == "forward":
             continue
         om = other["match"]
-        for k in ("exact", "glob"):
-            if isinstance(om.get(k), str) and _add_except(rule, om[k]):
-                changes.append(f"rule {rule['id']!r}: except {om[k]} (kept by {other['id']!r})")
+        carve = [om[k] for k in ("exact", "glob") if isinstance(om.get(k), str)]
+        if not carve and isinstance(om.get("regex"), str):
+            carve = patterns.regex_as_globs(str(om["regex"])) or []
+            if not carve:
+                stuck.append((other, common))
+                continue
+        for glob in carve:
+            if _add_except(rule, glob):
+                changes.append(f"rule {rule['id']!r}: except {glob} (kept by {other['id']!r})")
+    if stuck:
+        raise PolicyError(_by_hand(rule, topic, stuck, source, new=created))
     return changes
+
+
+def _by_hand(
+    rule: Any, topic: str, stuck: list[tuple[Any, str | None]], source: str, *, new: bool
+) -> str:
+    """What to write by hand when regex rules cannot be carved out of ``rule``."""
+    lines = [f"cannot allow {topic!r} without help: it overlaps"]
+    for other, common in stuck:
+        shared = f", both match {common!r}" if common else ""
+        lines.append(
+            f"  rule {other['id']!r} ({_action(other)}), regex {other['match']['regex']}{shared}"
+        )
+    lines.append(
+        "and `except` lists globs only, while no list of globs means exactly such a regex."
+    )
+    covers: list[str] = []
+    for other, _common in stuck:
+        covers += patterns.regex_as_globs(str(other["match"]["regex"]), cover=True) or []
+    sample = CommentedMap(rule)
+    match = CommentedMap(rule["match"])
+    excepts = [str(e) for e in match.get("except") or []]
+    placeholder = not covers
+    match["except"] = [
+        DoubleQuotedScalarString(g) for g in excepts + (covers or ["<globs that cover the regex>"])
+    ]
+    if rule["match"].fa.flow_style():
+        match.fa.set_flow_style()
+    sample["match"] = match
+    where = "append this rule under `rules:`" if new else f"change rule {rule['id']!r} to"
+    lines += [
+        f"Edit {source} by hand, then run `diode policy validate {source}`. Either",
+        f"  - {where} (its `except` must cover every topic the regex matches"
+        + (
+            ""
+            if placeholder
+            else "; these globs do, and may also keep out a few topics the regex does not match"
+        )
+        + "):",
+        *("      " + ln for ln in dump_yaml([sample]).splitlines()),
+        "  - or rewrite the regex rule with `glob:` or `exact:` matches (one rule each), which "
+        "`diode policy allow` then carves out by itself.",
+    ]
+    return "\n".join(lines)
 
 
 def _apply(rule: Any, opts: TopicOptions, changes: list[str]) -> None:
@@ -225,11 +303,14 @@ def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[s
     elif _action(rule) != "drop":
         changes.append(f"rule {rule['id']!r}: action {_action(rule)} -> drop")
         rule["action"] = "drop"
+        if rule.pop("rate", None) is not None:
+            # validation refuses a rate on a rule that passes nothing across
+            changes.append(f"rule {rule['id']!r}: rate removed (a drop rule sends nothing)")
         carve = False
     else:
         changes.append(f"rule {rule['id']!r} already drops {kind} {topic}")
         carve = False
-    for other in _overlapping(rules, kind, topic, rule):
+    for other, _common in _overlapping(rules, kind, topic, rule):
         if _action(other) != "drop" and _add_except(other, topic):
             changes.append(f"rule {other['id']!r}: except {topic}")
     if carve:

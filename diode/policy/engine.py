@@ -71,8 +71,9 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
     exact = frozenset(t for name in types for t in _EXACT_TYPES[name]) if types else None
     float_int = "integer" in types and "number" not in types
     lo, hi, enum, max_len, required = fr.min, fr.max, fr.enum, fr.max_length, fr.required
-    # JSON does not tell 1 from true in a Python set; compare (type, value) pairs
-    allowed = {(type(v), v) for v in enum} if enum is not None else None
+    # as in JSON Schema, numbers compare by value (1.0 is 1) but a boolean is never a number;
+    # Python's set would take 1 for True, so members are (kind, value) pairs
+    allowed = {_enum_key(v) for v in enum} if enum is not None else None
     ranged = lo is not None or hi is not None
     first = parts[0]
     nested = parts[1:]
@@ -97,7 +98,16 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
                 return f"fields: {path} = {v} is below the minimum {lo:g}"
             if hi is not None and v > hi:
                 return f"fields: {path} = {v} is above the maximum {hi:g}"
-        if allowed is not None and (tv, v) not in allowed:
+        if allowed is not None and (
+            (
+                (_NUMBER, v)
+                if tv is int or tv is float
+                else None
+                if tv is list or tv is dict
+                else (tv, v)
+            )
+            not in allowed
+        ):
             shown = v if len(repr(v)) <= 40 else repr(v)[:40] + "..."
             return f"fields: {path} = {shown!r} is not one of the allowed values"
         if max_len is not None and tv in (str, list, dict) and len(v) > max_len:
@@ -105,6 +115,13 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
         return None
 
     return check
+
+
+_NUMBER = "number"
+
+
+def _enum_key(v: object) -> tuple[object, object]:
+    return (_NUMBER, v) if type(v) is int or type(v) is float else (type(v), v)
 
 
 def _json_type(v: Any) -> str:
@@ -292,14 +309,21 @@ class PolicyEngine:
                 reasons = (f"rule {rule.id!r} quarantines this topic",)
             elif crule.action is Action.ALERT:
                 reasons = (f"rule {rule.id!r} forwards this topic with an alert",)
-            if target is not None and crule.action.crosses and not patterns.is_topic_name(target):
-                crule_drop = Decision(
+            problem = (
+                patterns.topic_name_problem(target)
+                if target is not None and crule.action.crosses
+                else None
+            )
+            if target is not None and problem is not None:
+                shown = repr(target) if len(target) <= 60 else f"{target[:60] + '...'!r}"
+                if len(target) > 60:
+                    shown += f" ({len(target)} characters)"
+                route.blocked = Decision(
                     Action.DROP,
                     None,
                     rule.id,
-                    (f"target topic {target[:60]!r}... is not a legal Kafka topic name",),
+                    (f"target topic {shown} is not a legal Kafka topic name: {problem}",),
                 )
-                route.blocked = crule_drop
                 route.blocked_kind = "target"
             route.pass_decision = Decision(crule.action, pass_target, rule.id, reasons)
         if topic in self._blocked:
@@ -383,11 +407,11 @@ class PolicyEngine:
                         if why is not None:
                             bad = bad or []
                             bad.append(("fields", why))
-        findings = None
+        hits = None
         mon = route.monitor
         if mon is not None:
-            findings = mon.observe(record.timestamp, size, obj, now)
-        if bad is None and findings is None:
+            hits = mon.observe(record.timestamp, size, obj, now)
+        if bad is None and hits is None:
             limiter = route.limiter
             if limiter is not None and c.action.crosses:
                 why = limiter.admit(size, now)
@@ -396,7 +420,7 @@ class PolicyEngine:
             if bad is None:
                 route.passed += 1
                 return route.pass_decision
-        return self._refuse(route, c, bad, findings, size, now)
+        return self._refuse(route, c, bad, hits, size, now)
 
     @staticmethod
     def _scan(
@@ -427,13 +451,13 @@ class PolicyEngine:
         route: _Route,
         c: _CompiledRule,
         bad: list[tuple[str, str]] | None,
-        findings: list[Finding] | None,
+        hits: list[Finding | str] | None,
         size: int,
         now: float,
     ) -> Decision:
         action = c.action
         kinds = [k for k, _ in bad or ()]
-        if findings:
+        if hits:
             kinds.append("anomaly")
         for k in kinds:
             a = c.on[k]
@@ -441,8 +465,10 @@ class PolicyEngine:
                 action = a
         # a forwarded record that broke a rule set to alert is still forwarded
         reasons = tuple(r for _, r in bad or ()) + tuple(
-            f"anomaly: {f.message}" for f in findings or ()
+            f"anomaly: {h if isinstance(h, str) else h.message}" for h in hits or ()
         )
+        # a string is a reason of this record only (an episode already reported)
+        findings = [h for h in hits or () if not isinstance(h, str)]
         kind = kinds[0] if kinds else "rule"
         if action.crosses and "rate" not in kinds:
             # a record forwarded despite an alert-level problem still pays for its passage
@@ -467,29 +493,31 @@ class PolicyEngine:
         else:
             target = None
         self.counts[(c.id, action.value, kind)] += 1
-        return Decision(action, target, c.id, reasons, tuple(findings or ()))
+        return Decision(action, target, c.id, reasons, tuple(findings))
 
     # -- time-driven ---------------------------------------------------------------------
 
     def poll(self, now: float) -> list[Finding]:
-        """Findings due to time alone (topics gone silent). Call it every second or so."""
-        out = []
+        """Findings due to time alone: topics gone silent, and the running counts and ends
+        of timestamp-skew episodes. Call it every second or so."""
+        out: list[Finding] = []
         for route in self._routes.values():
             mon = route.monitor
-            if mon is not None and mon.silence is not None:
-                f = mon.poll(now)
-                if f is not None:
-                    out.append(f)
+            if mon is not None and mon.polled:
+                out += mon.poll(now)
         return out
 
     # -- state ---------------------------------------------------------------------------
 
     def blocked_topics(self) -> dict[str, str]:
-        """Topics blocked by a ``block_topic`` violation, with the reason."""
+        """Topics blocked by a ``block_topic`` violation, with the reason. A block outlives a
+        hot reload (``ReloadingPolicy`` hands it to the new engine); only ``unblock`` or a
+        restart of the service lifts it."""
         return dict(self._blocked)
 
     def unblock(self, topic: str) -> bool:
-        """Let a blocked topic through again; True if it was blocked."""
+        """Let a blocked topic through again; True if it was blocked. The topic starts
+        afresh: full rate buckets, anomaly detectors back in warm-up."""
         was = self._blocked.pop(topic, None) is not None
         self._routes.pop(topic, None)
         return was

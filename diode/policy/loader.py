@@ -253,9 +253,37 @@ def _check(model: PolicyModel, base: Path, found: list[tuple[Loc, str]]) -> dict
                     "(on the rule or at the top of the policy)",
                 )
             )
+        _check_rate(model, i, rule, found)
     _check_quarantine_topics(model, matchers, found)
     _check_overlaps(model, matchers, found)
     return schemas
+
+
+def _check_rate(model: PolicyModel, i: int, rule: Rule, found: list[tuple[Loc, str]]) -> None:
+    """Rate settings that would silently never work."""
+    rate = rule.rate
+    if rate is None:
+        return
+    if not rule.action.as_action().crosses:
+        found.append(
+            (
+                ("rules", i, "rate"),
+                f"rule {rule.id!r} has action {rule.action.value}: nothing it passes crosses "
+                "the diode, so its `rate` is never applied; remove `rate` (or change the action)",
+            )
+        )
+    if rate.burst_bytes is not None:
+        max_bytes = rule.max_bytes or model.defaults.max_bytes
+        if rate.burst_bytes < max_bytes:
+            origin = "" if rule.max_bytes is not None else " (from defaults)"
+            found.append(
+                (
+                    ("rules", i, "rate", "burst_bytes"),
+                    f"rate.burst_bytes {rate.burst_bytes:g} is smaller than max_bytes "
+                    f"{max_bytes}{origin}: a record larger than the burst could never pass the "
+                    f"rate check; raise burst_bytes to at least {max_bytes} or lower max_bytes",
+                )
+            )
 
 
 @dataclass(slots=True)
@@ -292,7 +320,7 @@ def _rule_matcher(i: int, rule: Rule, found: list[tuple[Loc, str]]) -> _Matcher 
                 )
             )
             return None
-    if patterns.find_common_topic([nfa], []) is None:
+    if not patterns.matches_some_topic(nfa):
         found.append((loc, f"topic {m.kind} {m.pattern!r} cannot match any legal Kafka topic name"))
         return None
     excepts: list[patterns.TopicNFA] = []
@@ -347,7 +375,20 @@ def _check_overlaps(
             mi = matchers[i]
             if mi is None or mi.nfa is None or rules[i].action == rules[j].action:
                 continue
-            common = patterns.find_common_topic([mi.nfa], [mj.nfa], mi.excepts + mj.excepts)
+            try:
+                common = patterns.find_common_topic([mi.nfa], [mj.nfa], mi.excepts + mj.excepts)
+            except patterns.OverlapUndecidedError as exc:
+                # fail closed: a pair not shown disjoint may overlap
+                found.append(
+                    (
+                        ("rules", j, "match"),
+                        f"rule {rules[j].id!r} ({rules[j].action.value}) and rule "
+                        f"{rules[i].id!r} ({rules[i].action.value}) could not be checked for "
+                        f"overlap ({exc}); make their patterns simpler or disjoint, e.g. list "
+                        "one's topics in the other's `except`, or match them by prefix",
+                    )
+                )
+                continue
             if common is not None:
                 found.append(
                     (

@@ -11,15 +11,22 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from diode.policy.decision import Action
 
 #: the policy file format this code reads
 POLICY_VERSION = 1
 
+
+def _not_reserved(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError(f"{name!r} is not a legal Kafka topic name ('.' and '..' are reserved)")
+    return name
+
+
 RuleId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-TopicName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$")]
+TopicName = Annotated[str, Field(pattern=r"^[a-zA-Z0-9._-]{1,249}$"), AfterValidator(_not_reserved)]
 HeaderName = Annotated[str, Field(min_length=1, max_length=255)]
 PositiveRate = Annotated[float, Field(gt=0, le=1e12)]
 Alpha = Annotated[float, Field(gt=0, lt=1)]
@@ -213,20 +220,33 @@ class SizeDetector(_Strict):
 
 
 class FieldDetector(_Strict):
-    """A numeric field: its short-term average against its long-term baseline."""
+    """A numeric field: its short-term average against its long-term baseline.
+
+    The spread it measures against is never below ``min_std`` nor below
+    ``min_std_fraction`` times the larger magnitude of the baseline mean and the value, so
+    a signal that was constant during warm-up does not turn its first small change into a
+    z-score of millions."""
 
     alpha_fast: Alpha = 0.2
     alpha_slow: Alpha = 0.01
     z: ZScore = 6.0
     warmup: Annotated[int, Field(ge=1, le=10_000_000)] = 200
     min_std: Annotated[float, Field(ge=0)] = 0.0
+    min_std_fraction: Annotated[float, Field(ge=0, le=10)] = 0.001
 
 
 class TimestampDetector(_Strict):
-    """Record timestamps too far ahead of or behind the clock."""
+    """Record timestamps too far ahead of or behind the clock.
+
+    Every such record is an ``anomaly`` violation, but the finding is reported once per
+    episode: when the first skewed record of a topic arrives, then every
+    ``report_every_s`` with the running count while skewed records keep coming, and once
+    more with the total when none has come for ``clear_after_s``."""
 
     max_future_s: Annotated[float, Field(ge=0)] = 60.0
     max_past_s: Annotated[float, Field(ge=0)] = 86_400.0
+    report_every_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    clear_after_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
 
 
 class SilenceDetector(_Strict):

@@ -23,9 +23,17 @@ regex parser before anything compiles them:
   The engine additionally caps the bytes scanned per field (``deny_scan_bytes``); a larger
   field is a violation rather than a partial scan, so nothing hides past the cap.
 
+  Patterns match bytes. A pattern written in ASCII is compiled as it stands (``\\xNN``
+  escapes are bytes). A pattern that contains non-ASCII characters is read as text and
+  rewritten so that each such character, alone or in a class, matches its UTF-8 bytes,
+  which is what producers write; ``.``, ``\\w``, ``\\s``, ``\\d`` and negated classes still
+  match one byte.
+
 * **Topic patterns** (glob or regex) are matched against topic names, which Kafka limits to
   249 characters of ``[a-zA-Z0-9._-]``, so their cost is bounded anyway. They are turned into
-  automata over that alphabet so that two rules can be checked for overlap exactly.
+  automata over that alphabet so that two rules can be checked for overlap exactly. A
+  search too big to finish raises ``OverlapUndecidedError``: a pair that cannot be shown
+  disjoint is never taken to be.
 """
 
 from __future__ import annotations
@@ -61,9 +69,28 @@ class PatternError(ValueError):
     """A pattern is not valid, or is refused because of what it could cost."""
 
 
+class OverlapUndecidedError(PatternError):
+    """The overlap search reached ``MAX_OVERLAP_STATES`` without an answer either way."""
+
+
 def is_topic_name(name: str) -> bool:
     """True if ``name`` is a legal Kafka topic name."""
     return _TOPIC_RE.fullmatch(name) is not None and name not in (".", "..")
+
+
+def topic_name_problem(name: str) -> str | None:
+    """Why ``name`` is not a legal Kafka topic name, or None if it is one."""
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_TOPIC_CHARS:
+        return f"longer than {MAX_TOPIC_CHARS} characters"
+    if name in (".", ".."):
+        return "'.' and '..' are reserved"
+    bad = sorted(set(name) - set(TOPIC_ALPHABET))
+    if bad:
+        shown = "".join(bad[:10])
+        return f"{shown!r} {'is' if len(bad) == 1 else 'are'} not one of [a-zA-Z0-9._-]"
+    return None
 
 
 # --- character classes ---------------------------------------------------------------------
@@ -154,11 +181,9 @@ def _charset(op: Any, av: Any, flags: int, alpha: _Alphabet) -> int:
     return mask
 
 
-def _parse(pattern: str | bytes, what: str) -> Any:
-    if len(pattern) > MAX_PATTERN_CHARS:
-        raise PatternError(
-            f"{what} is {len(pattern)} characters long, more than the limit {MAX_PATTERN_CHARS}"
-        )
+def _parse(pattern: str | bytes, what: str, limit: int | None = MAX_PATTERN_CHARS) -> Any:
+    if limit is not None and len(pattern) > limit:
+        raise PatternError(f"{what} is {len(pattern)} characters long, more than the limit {limit}")
     try:
         return sre_parse.parse(pattern, 0)
     except re.error as exc:
@@ -185,17 +210,18 @@ _REPEATS = (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT)
 def compile_deny_pattern(pattern: str) -> re.Pattern[bytes]:
     """Check a deny pattern against the cost bound and compile it for bytes.
 
-    The pattern is given as text and matched against raw bytes; characters above U+00FF
-    cannot occur in a byte pattern and are refused.
+    The pattern is given as text and matched against raw bytes. An ASCII pattern is used as
+    it stands (``\\xNN`` escapes are bytes); one with non-ASCII characters is rewritten so
+    that they match their UTF-8 encoding (``utf8_deny_source``). The cost bound is checked
+    on the bytes pattern that actually runs.
     """
-    try:
-        raw = pattern.encode("latin-1")
-    except UnicodeEncodeError as exc:
+    if len(pattern) > MAX_PATTERN_CHARS:
         raise PatternError(
-            f"deny pattern {pattern!r} has a character above U+00FF; patterns match raw bytes, "
-            "write non-ASCII text as \\xNN escapes of its UTF-8 bytes"
-        ) from exc
-    parsed = _parse(raw, "deny pattern")
+            f"deny pattern is {len(pattern)} characters long, more than the limit "
+            f"{MAX_PATTERN_CHARS}"
+        )
+    raw = pattern.encode("ascii") if pattern.isascii() else utf8_deny_source(pattern)
+    parsed = _parse(raw, "deny pattern", limit=None)
     checker = _DenyChecker(pattern, parsed.state.flags)
     ways = checker.sequence(list(parsed), parsed.state.flags, top=True)
     if ways > MAX_BACKTRACK:
@@ -204,6 +230,188 @@ def compile_deny_pattern(pattern: str) -> re.Pattern[bytes]:
             f"the limit {MAX_BACKTRACK}; narrow its bounded repeats or alternatives"
         )
     return re.compile(raw)
+
+
+#: non-ASCII characters one class of a deny pattern may list (each becomes an alternative)
+MAX_CLASS_NON_ASCII = 64
+
+_FLAG_LETTERS = ((_IGNORECASE, b"i"), (sre_c.SRE_FLAG_MULTILINE, b"m"), (_DOTALL, b"s"))
+_AT_SOURCE = {
+    sre_c.AT_BEGINNING: b"^",
+    sre_c.AT_BEGINNING_STRING: b"\\A",
+    sre_c.AT_END: b"$",
+    sre_c.AT_END_STRING: b"\\Z",
+    sre_c.AT_BOUNDARY: b"\\b",
+    sre_c.AT_NON_BOUNDARY: b"\\B",
+}
+_CATEGORY_SOURCE = {
+    sre_c.CATEGORY_DIGIT: b"\\d",
+    sre_c.CATEGORY_NOT_DIGIT: b"\\D",
+    sre_c.CATEGORY_SPACE: b"\\s",
+    sre_c.CATEGORY_NOT_SPACE: b"\\S",
+    sre_c.CATEGORY_WORD: b"\\w",
+    sre_c.CATEGORY_NOT_WORD: b"\\W",
+}
+_ATOMS = (*_SINGLE, sre_c.BRANCH, sre_c.SUBPATTERN, sre_c.ATOMIC_GROUP)
+_BYTE_ESCAPE = re.compile(r"\\(?:x[89a-fA-F][0-9a-fA-F]|[23][0-7]{2})")
+
+
+def utf8_deny_source(pattern: str) -> bytes:
+    """The bytes regex that finds, in UTF-8 text, what the text regex ``pattern`` means.
+
+    Each non-ASCII character becomes its UTF-8 byte sequence in a group (so a repeat
+    applies to the whole character), a class listing non-ASCII characters becomes an
+    alternation, and under ``(?i)`` a non-ASCII letter also matches its other cases.
+    ``.``, ``\\w``, ``\\s``, ``\\d`` and negated classes keep their one-byte meaning, so a
+    negated class cannot leave out a non-ASCII character. ``\\xNN`` escapes above
+    ``\\x7f`` would be ambiguous here (a byte, or the character U+00NN?) and are refused.
+    """
+    # the backslash before the escape must not itself be escaped
+    for m in _BYTE_ESCAPE.finditer(pattern):
+        lead = len(pattern[: m.start()]) - len(pattern[: m.start()].rstrip("\\"))
+        if lead % 2 == 0:
+            raise PatternError(
+                f"deny pattern {pattern!r} mixes non-ASCII characters with \\xNN escapes of "
+                f"bytes ({m.group()!r}); in a pattern with non-ASCII characters write the "
+                "characters themselves (they match their UTF-8 bytes), or write the whole "
+                "pattern in ASCII with \\xNN escapes of the UTF-8 bytes"
+            )
+    parsed = _parse(pattern, "deny pattern")
+    flags = parsed.state.flags
+    if flags & sre_c.SRE_FLAG_LOCALE:
+        raise PatternError(f"deny pattern {pattern!r} uses the LOCALE flag, which is not supported")
+    head = b"".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
+    body = _Utf8Writer(pattern).seq(list(parsed), flags)
+    return (b"(?" + head + b")" if head else b"") + body
+
+
+def _case_variants(c: int) -> list[int]:
+    """``c`` and the single characters it becomes in other cases (closed under the
+    mapping, so final sigma, sigma and capital sigma all go together)."""
+    found = {c}
+    todo = [c]
+    while todo:
+        ch = chr(todo.pop())
+        for other in (ch.lower(), ch.upper(), ch.title()):
+            if len(other) == 1 and ord(other) not in found:
+                found.add(ord(other))
+                todo.append(ord(other))
+    return sorted(found)
+
+
+def _utf8_alternatives(chars: Iterable[int]) -> list[bytes]:
+    return ["".join(f"\\x{b:02x}" for b in chr(c).encode()).encode() for c in chars]
+
+
+class _Utf8Writer:
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def fail(self, why: str) -> PatternError:
+        return PatternError(f"deny pattern {self.pattern!r} refused: {why}")
+
+    def seq(self, items: list[tuple[Any, Any]], flags: int) -> bytes:
+        return b"".join(self.item(op, av, flags) for op, av in items)
+
+    def chars(self, codes: Iterable[int], flags: int) -> list[int]:
+        out: set[int] = set()
+        for c in codes:
+            out.update(_case_variants(c) if flags & _IGNORECASE else (c,))
+        return sorted(out)
+
+    def item(self, op: Any, av: Any, flags: int) -> bytes:
+        if op is sre_c.LITERAL:
+            if av < 0x80:
+                return f"\\x{av:02x}".encode()
+            alts = _utf8_alternatives(self.chars([av], flags))
+            return b"(?:" + b"|".join(alts) + b")"
+        if op is sre_c.NOT_LITERAL:
+            if av >= 0x80:
+                raise self.fail(self._negated_non_ascii())
+            return f"[^\\x{av:02x}]".encode()
+        if op is sre_c.ANY:
+            return b"."
+        if op is sre_c.IN:
+            return self.klass(av, flags)
+        if op is sre_c.AT:
+            if av not in _AT_SOURCE:
+                raise self.fail(f"the anchor {av} is not supported")
+            return _AT_SOURCE[av]
+        if op is sre_c.BRANCH:
+            return b"(?:" + b"|".join(self.seq(list(alt), flags) for alt in av[1]) + b")"
+        if op is sre_c.SUBPATTERN:
+            _group, add, delete, sub = av
+            inner = self.seq(list(sub), (flags | add) & ~delete)
+            on = b"".join(letter for bit, letter in _FLAG_LETTERS if add & bit)
+            off = b"".join(letter for bit, letter in _FLAG_LETTERS if delete & bit)
+            return b"(?" + on + (b"-" + off if off else b"") + b":" + inner + b")"
+        if op is sre_c.ATOMIC_GROUP:
+            return b"(?>" + self.seq(list(av), flags) + b")"
+        if op in _REPEATS:
+            lo, hi, body = av
+            body = list(body)
+            inner = self.seq(body, flags)
+            # a single character, class or group is one atom already; keeping it bare keeps
+            # `\s*` a repeat of one class for the cost check
+            if len(body) != 1 or body[0][0] not in _ATOMS:
+                inner = b"(?:" + inner + b")"
+            count = f"{{{lo},}}" if hi == _MAXREPEAT else f"{{{lo},{hi}}}"
+            lazy = (
+                b"?" if op is sre_c.MIN_REPEAT else b"+" if op is sre_c.POSSESSIVE_REPEAT else b""
+            )
+            return inner + count.encode() + lazy
+        if op in _REFUSED:
+            raise self.fail(f"it uses {_REFUSED[op]}, which can make matching very slow")
+        raise self.fail(f"it uses {op}, which is not supported")
+
+    def klass(self, items: list[tuple[Any, Any]], flags: int) -> bytes:
+        ascii_part: list[bytes] = []
+        wide: list[int] = []
+        negate = False
+        for iop, iav in items:
+            if iop is sre_c.NEGATE:
+                negate = True
+            elif iop is sre_c.LITERAL:
+                if iav < 0x80:
+                    ascii_part.append(f"\\x{iav:02x}".encode())
+                else:
+                    wide.append(iav)
+            elif iop is sre_c.RANGE:
+                lo, hi = iav
+                if lo < 0x80:
+                    ascii_part.append(f"\\x{lo:02x}-\\x{min(hi, 0x7F):02x}".encode())
+                if hi >= 0x80:
+                    first = max(lo, 0x80)
+                    if hi - first + 1 > MAX_CLASS_NON_ASCII:
+                        raise self.fail(
+                            f"the non-ASCII range {chr(first)}-{chr(hi)} in a class covers "
+                            f"{hi - first + 1} characters, more than the limit "
+                            f"{MAX_CLASS_NON_ASCII}; list the characters that matter"
+                        )
+                    wide.extend(range(first, hi + 1))
+            elif iop is sre_c.CATEGORY:
+                if iav not in _CATEGORY_SOURCE:
+                    raise self.fail(f"the class item {iav} is not supported")
+                ascii_part.append(_CATEGORY_SOURCE[iav])
+            else:
+                raise self.fail(f"the class item {iop} is not supported")
+        if negate:
+            if wide:
+                raise self.fail(self._negated_non_ascii())
+            return b"[^" + b"".join(ascii_part) + b"]"
+        alts = _utf8_alternatives(self.chars(wide, flags))
+        if ascii_part:
+            alts.insert(0, b"[" + b"".join(ascii_part) + b"]")
+        if not alts:
+            raise self.fail("it has an empty character class")
+        return alts[0] if len(alts) == 1 else b"(?:" + b"|".join(alts) + b")"
+
+    @staticmethod
+    def _negated_non_ascii() -> str:
+        return (
+            "a negated class cannot leave out a non-ASCII character: patterns match bytes, "
+            "and [^...] matches one byte; name what may follow instead"
+        )
 
 
 class _DenyChecker:
@@ -520,21 +728,59 @@ class TopicNFA:
         return self.closure(nxt) if nxt else frozenset()
 
 
+def _classes(machines: Sequence[TopicNFA]) -> list[int]:
+    """The topic characters split into classes no automaton tells apart, each as a bit
+    mask over ``TOPIC_ALPHABET``, ordered by their first character. One character per
+    class is enough to explore, which turns 65 steps per state into a handful."""
+    classes = [_TOPICS.full]
+    masks = {mask for m in machines for edges in m.edges for mask, _t in edges}
+    for mask in masks:
+        split = []
+        for c in classes:
+            inside, outside = c & mask, c & ~mask
+            split += [x for x in (inside, outside) if x]
+        classes = split
+    return sorted(classes, key=lambda c: (c & -c).bit_length())
+
+
+class _Dfa:
+    """The subset construction of one automaton, built lazily and remembered."""
+
+    __slots__ = ("cache", "nfa")
+
+    def __init__(self, nfa: TopicNFA) -> None:
+        self.nfa = nfa
+        self.cache: dict[tuple[frozenset[int], int], frozenset[int]] = {}
+
+    def step(self, states: frozenset[int], bit: int) -> frozenset[int]:
+        key = (states, bit)
+        got = self.cache.get(key)
+        if got is None:
+            got = self.cache[key] = self.nfa.step(states, bit)
+        return got
+
+
 def find_common_topic(
     left: Sequence[TopicNFA],
     right: Sequence[TopicNFA],
     excluded: Sequence[TopicNFA] = (),
 ) -> str | None:
     """A topic name matched by every automaton in ``left`` and ``right`` (typically one
-    each) and by none in ``excluded``, or None if there is none (or the search is too big).
+    each) and by none in ``excluded``, or None if there is none.
 
     Breadth-first over the product of the subset constructions, so the name returned is a
-    shortest one, which reads well in an error message.
+    shortest one, which reads well in an error message. Raises ``OverlapUndecidedError``
+    when the search reaches ``MAX_OVERLAP_STATES`` product states without an answer: the
+    caller must then treat the pair as possibly overlapping.
     """
-    machines = list(left) + list(right)
+    machines = [_Dfa(m) for m in (*left, *right)]
+    negative = [_Dfa(m) for m in excluded]
+    budget = MAX_OVERLAP_STATES
+    bits = [c & -c for c in _classes([*left, *right, *excluded])]
+    chars = [TOPIC_ALPHABET[b.bit_length() - 1] for b in bits]
     start = (
-        tuple(m.closure([0]) for m in machines),
-        tuple(m.closure([0]) for m in excluded),
+        tuple(d.nfa.closure([0]) for d in machines),
+        tuple(d.nfa.closure([0]) for d in negative),
     )
     seen = {start}
     queue: deque[tuple[tuple[tuple[frozenset[int], ...], tuple[frozenset[int], ...]], str]]
@@ -543,23 +789,159 @@ def find_common_topic(
         (pos, neg), word = queue.popleft()
         if (
             word
-            and all(m.accept in s for m, s in zip(machines, pos, strict=True))
-            and not any(m.accept in s for m, s in zip(excluded, neg, strict=True))
+            and all(d.nfa.accept in s for d, s in zip(machines, pos, strict=True))
+            and not any(d.nfa.accept in s for d, s in zip(negative, neg, strict=True))
         ):
             return word
         if len(word) >= MAX_TOPIC_CHARS:
             continue
-        for i, ch in enumerate(TOPIC_ALPHABET):
-            bit = 1 << i
-            npos = tuple(m.step(s, bit) for m, s in zip(machines, pos, strict=True))
+        for bit, ch in zip(bits, chars, strict=True):
+            npos = tuple(d.step(s, bit) for d, s in zip(machines, pos, strict=True))
             if not all(npos):
                 continue
-            nneg = tuple(m.step(s, bit) for m, s in zip(excluded, neg, strict=True))
+            nneg = tuple(d.step(s, bit) for d, s in zip(negative, neg, strict=True))
             key = (npos, nneg)
             if key in seen:
                 continue
-            if len(seen) >= MAX_OVERLAP_STATES:
-                return None
+            if len(seen) >= budget:
+                raise OverlapUndecidedError(
+                    f"the search gave up after {budget} states without finding a common "
+                    "topic or ruling one out"
+                )
             seen.add(key)
             queue.append((key, word + ch))
     return None
+
+
+def matches_some_topic(nfa: TopicNFA) -> bool:
+    """True if the automaton accepts some legal topic name (1 to 249 characters).
+
+    Needs no subset construction: the states reachable by some word of each length are
+    one set per length, so this is linear in the automaton times the longest name.
+    """
+    current = nfa.closure([0])
+    for _length in range(MAX_TOPIC_CHARS):
+        nxt = [t for s in current for mask, t in nfa.edges[s] if mask]
+        if not nxt:
+            return False
+        current = nfa.closure(nxt)
+        if nfa.accept in current:
+            return True
+    return False
+
+
+# --- regex rules as globs (so that `diode policy allow` can list them under `except`) ------
+
+#: globs one regex may expand to
+MAX_REGEX_GLOBS = 32
+
+
+def regex_as_globs(pattern: str, *, cover: bool = False) -> list[str] | None:
+    """Globs that together match exactly the topics the topic regex ``pattern`` matches,
+    or None if there are none (few enough) that can be shown to.
+
+    With ``cover``, a part no glob can express exactly becomes ``*``, so the globs may
+    match more than the regex; they are still checked to match every topic it does.
+    """
+    try:
+        parsed = sre_parse.parse(pattern, 0)
+        globs = _GlobWriter(cover).seq(list(parsed), parsed.state.flags)
+    except (re.error, _NoGlobError):
+        return None
+    if globs is None:
+        return None
+    globs = list(dict.fromkeys(_squeeze(g) for g in globs))
+    if not globs:
+        return None
+    try:
+        regex = TopicNFA.from_regex(pattern)
+        as_nfa = [TopicNFA.from_regex(glob_to_regex(g)) for g in globs]
+        if find_common_topic([regex], [], as_nfa) is not None:
+            return None  # a topic of the regex that no glob matches
+        if not cover and any(find_common_topic([g], [], [regex]) is not None for g in as_nfa):
+            return None  # a glob that matches more than the regex
+    except PatternError:
+        return None
+    return globs
+
+
+def _squeeze(glob: str) -> str:
+    while "**" in glob:
+        glob = glob.replace("**", "*")
+    return glob
+
+
+class _NoGlobError(Exception):
+    """This part of a regex has no glob form."""
+
+
+class _GlobWriter:
+    def __init__(self, cover: bool) -> None:
+        self.cover = cover
+
+    def seq(self, items: list[tuple[Any, Any]], flags: int) -> list[str]:
+        acc = [""]
+        for op, av in items:
+            alts = self.item(op, av, flags)
+            acc = [a + b for a in acc for b in alts]
+            if len(acc) > MAX_REGEX_GLOBS:
+                raise _NoGlobError
+        return acc
+
+    def item(self, op: Any, av: Any, flags: int) -> list[str]:
+        if op in _SINGLE:
+            return self.single(op, av, flags)
+        if op is sre_c.SUBPATTERN:
+            _group, add, delete, sub = av
+            return self.seq(list(sub), (flags | add) & ~delete)
+        if op is sre_c.BRANCH:
+            return [g for alt in av[1] for g in self.seq(list(alt), flags)]
+        if op in _REPEATS:
+            lo, hi, body = av
+            body = list(body)
+            if len(body) == 1 and body[0][0] in _SINGLE:
+                one = self.single(body[0][0], body[0][1], flags)
+                if hi == _MAXREPEAT and one == ["?"]:
+                    return ["?" * lo + "*"]
+            if hi == _MAXREPEAT or hi - lo + 1 > MAX_REGEX_GLOBS:
+                if self.cover:
+                    return ["*"]
+                raise _NoGlobError
+            inner = self.seq(body, flags)
+            out: list[str] = []
+            for n in range(lo, hi + 1):
+                acc = [""]
+                for _ in range(n):
+                    acc = [a + b for a in acc for b in inner]
+                    if len(acc) > MAX_REGEX_GLOBS:
+                        raise _NoGlobError
+                out += acc
+                if len(out) > MAX_REGEX_GLOBS:
+                    raise _NoGlobError
+            return out
+        raise _NoGlobError  # anchors, lookaround, backreferences: leave them to a person
+
+    def single(self, op: Any, av: Any, flags: int) -> list[str]:
+        mask = _charset(op, av, flags, _TOPICS)
+        if mask == _TOPICS.full:
+            return ["?"]
+        chars = [c for i, c in enumerate(TOPIC_ALPHABET) if mask >> i & 1]
+        if not chars:
+            return []  # matches no topic character: this branch matches nothing
+        if len(chars) == 1:
+            return chars
+        # a dash last is a plain character in a glob class; the rest have no meaning there
+        dash = "-" if "-" in chars else ""
+        return ["[" + _ranges([c for c in chars if c != "-"]) + dash + "]"]
+
+
+def _ranges(chars: list[str]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(chars):
+        j = i
+        while j + 1 < len(chars) and ord(chars[j + 1]) == ord(chars[j]) + 1:
+            j += 1
+        out.append(chars[i] + "-" + chars[j] if j - i >= 2 else "".join(chars[i : j + 1]))
+        i = j + 1
+    return "".join(out)

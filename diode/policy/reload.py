@@ -88,7 +88,9 @@ class ReloadingPolicy:
 
     The first load happens in the constructor and raises ``PolicyValidationError`` if the
     file is invalid: a service must not start without a policy. Blocked topics survive a
-    reload; anomaly detectors start a new warm-up, because their settings may have changed.
+    reload (a reload must not reopen a topic blocked for, say, a leaked credential) and are
+    lifted by ``unblock`` or a restart; anomaly detectors start a new warm-up, because their
+    settings may have changed.
     """
 
     def __init__(
@@ -127,6 +129,15 @@ class ReloadingPolicy:
 
     def poll(self, now: float) -> list[Finding]:
         return self.engine.poll(now)
+
+    def blocked_topics(self) -> dict[str, str]:
+        """Topics a ``block_topic`` violation blocked, with the reason; reloads keep them."""
+        return self.engine.blocked_topics()
+
+    def unblock(self, topic: str) -> bool:
+        """Lift the block on ``topic`` (an operator's decision; a reload never does);
+        True if it was blocked."""
+        return self.engine.unblock(topic)
 
     def check(self, now: float) -> PolicyEvent | None:
         """Reload if a watched file changed; at most once per ``min_interval`` seconds."""

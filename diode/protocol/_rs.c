@@ -26,7 +26,7 @@
  * column-major, entry (i, j) of a rows x cols matrix at byte 32 * (j * rows + i), so the tables
  * of every output row for one input symbol sit together. Up to 8 output rows are accumulated in
  * registers while the input symbols are read once per group, in column chunks that stay in
- * cache. A symbol length that is not a multiple of the vector width ends with one vector
+ * cache (L1 for up to 64 input symbols). A symbol length that is not a multiple of the vector width ends with one vector
  * overlapping the previous one: each output byte is a complete sum written by a plain store,
  * so writing it twice writes the same value.
  *
@@ -53,7 +53,8 @@
 #define RS_MAX_SYMBOLS 256
 #define RS_TABLE 32          /* bytes of nibble tables per matrix entry */
 #define RS_GROUP 8           /* output rows accumulated in registers at once */
-#define RS_CHUNK 2048        /* column chunk: input bytes of one symbol per pass */
+#define RS_CHUNK_BYTES 16384 /* column chunk: input bytes of all symbols per pass */
+#define RS_CHUNK_MIN 256     /* ... but at least this much of each symbol */
 
 static uint8_t gf_exp[512];
 static uint8_t gf_log[256];
@@ -235,8 +236,13 @@ apply_matrix(int kind, const uint8_t *tables, size_t rows, size_t cols,
     rs_kernel fn = kernel_fns[kind];
     size_t width = kernel_width[kind];
     size_t whole = length - length % width;
-    for (size_t begin = 0; begin < whole; begin += RS_CHUNK) {
-        size_t end = begin + RS_CHUNK < whole ? begin + RS_CHUNK : whole;
+    /* the chunk of every input symbol is read once per group of 8 rows: keep it in L1 */
+    size_t chunk = (RS_CHUNK_BYTES / cols) & ~(size_t)63;
+    if (chunk < RS_CHUNK_MIN) {
+        chunk = RS_CHUNK_MIN;
+    }
+    for (size_t begin = 0; begin < whole; begin += chunk) {
+        size_t end = begin + chunk < whole ? begin + chunk : whole;
         for (size_t r0 = 0; r0 < rows; r0 += RS_GROUP) {
             size_t n = rows - r0 < RS_GROUP ? rows - r0 : RS_GROUP;
             fn(tables, rows, cols, r0, n, in, out, begin, end);

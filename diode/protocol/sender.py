@@ -765,6 +765,16 @@ class SenderSession:
     def key_id(self) -> int:
         return self._current.key_id
 
+    @property
+    def policy_fingerprint(self) -> bytes:
+        return self._policy_fingerprint
+
+    def set_policy_fingerprint(self, fp: bytes) -> None:
+        """Name the policy now in force (after a reload) in every following heartbeat."""
+        if len(fp) != 32:
+            raise LocalProtocolError(f"policy fingerprint is {len(fp)} bytes, expected 32")
+        self._policy_fingerprint = bytes(fp)
+
     def next_event(self) -> SenderEvent | None:
         return self._events.popleft() if self._events else None
 

@@ -56,7 +56,7 @@ from diode.protocol.crypto import (
     Cipher,
 )
 from diode.protocol.events import PartitionMark
-from diode.protocol.fec import get_codec
+from diode.protocol.fec import DEFAULT_CODEC, get_codec
 from diode.protocol.records import MAX_TOPIC_LENGTH, Compression
 
 MAGIC: Final = 0xD10D
@@ -102,7 +102,7 @@ class ProtocolConfig:
     payload_size: int = 1472
     k: int = 32
     m: int = 8
-    codec: str = "zfec"
+    codec: str = DEFAULT_CODEC
     cipher: Cipher = Cipher.AES_256_GCM
     compression: Compression = Compression.NONE
     interleave: int = 4

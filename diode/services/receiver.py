@@ -12,9 +12,15 @@ Owns the receiver's loop and the promises it keeps:
 * duplicates: at start the last source offset delivered per (source topic, partition) is
   read from the IT topics' provenance headers, and records at or below it are skipped and
   counted, so a sender that resends uncommitted records after a restart adds nothing twice;
-* IT Kafka down: records wait in a bounded queue (records and bytes) in front of the
-  producer, which retries until Kafka returns. When the queue is full, further records are
-  lost and audited: one ``spool_full`` entry per episode and a ``gap`` per source partition;
+* IT Kafka down: every accepted record goes through the bounded spool
+  (``diode.services.spool``: on disk when ``[spool] path`` is set) before the producer, and
+  stays there until Kafka acknowledges it; the producer retries until Kafka returns and the
+  spool drains in order. When the spool is full, further records are lost and audited: one
+  ``spool_full`` entry per episode and an exact ``gap`` per source partition once room returns;
+* stop: spooled records are handed to Kafka for ``[spool] stop_flush_s``; what is still not
+  acknowledged stays on disk and is delivered at the next start (records already in Kafka,
+  by provenance, are skipped), or, with a memory spool, becomes one ``gap`` (reason
+  ``shutdown``) per source partition;
 * every protocol event (gaps, rejections, sessions, link) goes to ``ProtocolAuditor``.
 """
 
@@ -24,7 +30,6 @@ import fnmatch
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,18 +50,25 @@ from diode.io.udp import UdpReceiver, UdpReceiverConfig
 from diode.policy import PolicyEngine, load_policy
 from diode.policy.model import RuleAction
 from diode.protocol.crypto import load_receiver_private_key, load_signing_key, load_verify_key
-from diode.protocol.events import RecordsDelivered
+from diode.protocol.events import HeartbeatReceived, RecordsDelivered
 from diode.protocol.receiver import ReceiverOptions, ReceiverSession
 from diode.protocol.records import Record
 from diode.services.protocol_audit import ProtocolAuditor
+from diode.services.sender import policy_fingerprint_bytes
+from diode.services.spool import Spool, SpoolConfig, SpoolEntry, SpoolFsync, SpoolItem
 
 log = logging.getLogger(__name__)
 
 _MAX_WAIT = 0.05
 #: records handed to the producer and not yet acknowledged; the rest wait in the spool
 _MAX_IN_FLIGHT = 20_000
-_STOP_FLUSH_S = 10.0
+#: after IT Kafka did not answer a metadata request, wait this long before asking again
+_KAFKA_RETRY_S = 1.0
 ALLOW_LIST_RULE = "receiver-allow-list"
+#: the sender's heartbeats name a policy other than the last one seen (or the first one)
+POLICY_CHANGED = "policy_changed"
+#: the start-up provenance scan of an IT partition hit its bound before it was exact
+PROVENANCE_INCOMPLETE = "provenance_incomplete"
 
 TopicPartition = tuple[str, int]
 
@@ -72,6 +84,7 @@ class _Loss:
 class ReceiverStats:
     delivered: int = 0  # acknowledged by IT Kafka
     queued: int = 0  # accepted into the spool
+    replayed: int = 0  # left in the on-disk spool by a previous run, delivered by this one
     duplicates_skipped: int = 0
     refused: int = 0
     spool_lost: int = 0
@@ -88,6 +101,34 @@ class AllowList:
     def __init__(self, globs: list[str], engine: PolicyEngine | None) -> None:
         self.globs = tuple(globs)
         self.engine = engine
+
+    def expected_sources(self, target: str, partition: int) -> set[TopicPartition] | None:
+        """The source partitions that can reach IT ``target[partition]``, or None if unknown.
+
+        Known only from the receiver's policy: an exact rule, or a glob/regex rule without
+        ``to`` (its target is the source name, perhaps prefixed: one source per target). A
+        glob/regex rule with ``to`` maps many sources to one target: unknown."""
+        engine = self.engine
+        if engine is None:
+            return None
+        out: set[TopicPartition] = set()
+        for rule in engine.policy.model.rules:
+            if rule.action not in (RuleAction.FORWARD, RuleAction.ALERT):
+                continue
+            m = rule.match
+            if m.exact is not None:
+                candidate: str | None = m.exact
+            elif rule.to is not None:
+                if rule.to == target:
+                    return None
+                candidate = None
+            elif rule.prefix is not None:
+                candidate = target[len(rule.prefix) :] if target.startswith(rule.prefix) else None
+            else:
+                candidate = target
+            if candidate and self.check(candidate, target) is None:
+                out.add((candidate, partition))
+        return out
 
     def check(self, source_topic: str, target: str) -> str | None:
         """None if ``source_topic`` may arrive as ``target``; else why not."""
@@ -151,9 +192,20 @@ class ReceiverService:
         self._stop = threading.Event()
         self._closed = False
         self._udp: UdpReceiver | None = None
+        self.spool: Spool | None = None
         k = config.kafka
         self._client = dict(k.client)
+        sp = config.spool
         try:
+            self.spool = Spool(
+                SpoolConfig(
+                    path=sp.path,
+                    max_records=sp.max_records,
+                    max_bytes=sp.max_bytes,
+                    fsync=SpoolFsync(sp.fsync),
+                    segment_bytes=sp.segment_bytes,
+                )
+            )
             self.last_delivered = self._learn_provenance()
             self._udp = UdpReceiver(
                 UdpReceiverConfig(
@@ -185,12 +237,16 @@ class ReceiverService:
         except BaseException:
             if self._udp is not None:
                 self._udp.close()
+            if self.spool is not None:
+                self.spool.close()
             self.audit.close()
             raise
-        self._spool: deque[tuple[Record, str, bytes]] = deque()
-        self._spool_bytes = 0
         self._losing: dict[TopicPartition, _Loss] = {}
         self._partitions: dict[str, int] = {}
+        self._kafka_retry_at = float("-inf")
+        self._abandoning = False
+        self._sender_policy_fp: bytes | None = None
+        replayed, already = self._resume_spool()
         self.audit.append(
             AuditEvent.SERVICE_START,
             {
@@ -198,14 +254,53 @@ class ReceiverService:
                 "policy_fingerprint": policy_fp,
                 "udp": f"{self.local_address[0]}:{self.local_address[1]}",
                 "resume_partitions": len(self.last_delivered),
+                "provenance_records_read": sum(p.records for p in self.provenance.partitions),
+                "provenance_incomplete": len(self.provenance.incomplete),
+                "spool_path": str(sp.path) if sp.path is not None else None,
+                "spool_replayed": replayed,
+                "spool_already_delivered": already,
+                "spool_torn_bytes": self.spool.stats.torn_bytes,
                 "protocol_fingerprint": f"{config.protocol.protocol_config().fingerprint:08x}",
             },
         )
+        self._audit_provenance()
         log.info(
             "receiver listening on %s:%d; resuming %d source partition(s)",
             *self.local_address,
             len(self.last_delivered),
         )
+
+    def _resume_spool(self) -> tuple[int, int]:
+        """Records a previous run left in the spool: skip those IT Kafka already holds (their
+        acknowledgement was lost with that run), keep the rest first in line, in order."""
+        assert self.spool is not None
+        found = self.spool.waiting
+        if self.spool.stats.torn_bytes:
+            log.warning(
+                "spool: %d torn byte(s) in %d segment(s) could not be read back",
+                self.spool.stats.torn_bytes,
+                self.spool.stats.torn_segments,
+            )
+
+        def not_in_kafka(item: SpoolItem) -> bool:
+            e = item.entry
+            return e.offset > self.last_delivered.get((e.topic, e.partition), -1)
+
+        already = self.spool.discard_waiting(not_in_kafka)
+        for item in self.spool.unresolved():
+            e = item.entry
+            tp = (e.topic, e.partition)
+            # a resent record must be skipped if the spool already holds it
+            if e.offset > self.last_delivered.get(tp, -1):
+                self.last_delivered[tp] = e.offset
+        self.stats.replayed = found - already
+        if found:
+            log.info(
+                "spool: %d record(s) from the last run, %d already in IT Kafka",
+                found,
+                already,
+            )
+        return found - already, already
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -214,15 +309,50 @@ class ReceiverService:
 
     def _learn_provenance(self) -> dict[TopicPartition, int]:
         k = self.config.kafka
+        r = self.config.receiver
         timeout = self.config.startup_timeout_s
         topics = list_topics(k.bootstrap_servers, client=self._client, timeout=timeout)
         globs = self.config.allowed_topics
         candidates = [
             t for t in topics if not globs or any(fnmatch.fnmatchcase(t, g) for g in globs)
         ]
-        return read_provenance(
-            k.bootstrap_servers, candidates, client=self._client, timeout=timeout
+        scan = read_provenance(
+            k.bootstrap_servers,
+            candidates,
+            client=self._client,
+            window=r.provenance_window,
+            max_records=r.provenance_max_records,
+            expected=self.allow.expected_sources,
+            timeout=timeout,
         )
+        self.provenance = scan
+        return dict(scan.last)
+
+    def _audit_provenance(self) -> None:
+        for part in self.provenance.incomplete:
+            log.warning(
+                "provenance of %s[%d] read back %d record(s) to offset %d of %d..%d and gave "
+                "up: a source partition whose last record lies further back is not de-duplicated",
+                part.topic,
+                part.partition,
+                part.records,
+                part.read_from,
+                part.low,
+                part.high,
+            )
+            self.audit.append(
+                PROVENANCE_INCOMPLETE,
+                {
+                    "topic": part.topic,
+                    "partition": part.partition,
+                    "records_read": part.records,
+                    "read_from": part.read_from,
+                    "low": part.low,
+                    "high": part.high,
+                    "sources_found": [f"{t}[{p}]" for t, p in part.sources][:100],
+                    "max_records": self.config.receiver.provenance_max_records,
+                },
+            )
 
     # ------------------------------------------------------------------ control
 
@@ -252,6 +382,9 @@ class ReceiverService:
         if timer is not None and now >= timer:
             self.session.poll(now)
         self._drain_events()
+        assert self.spool is not None
+        # what was accepted is on disk before it is handed to the producer
+        self.spool.sync()
         self._pump()
         self.sink.poll(0)
         wall = self._wall()
@@ -264,14 +397,47 @@ class ReceiverService:
         while event is not None:
             if isinstance(event, RecordsDelivered):
                 self._accept(event)
+            elif isinstance(event, HeartbeatReceived):
+                self._sender_policy(event)
             self.auditor.handle(event, wall)
             event = self.session.next_event()
+
+    def _sender_policy(self, hb: HeartbeatReceived) -> None:
+        """Audit the policy the sender enforces whenever its heartbeats name a new one.
+
+        The receiver keeps re-checking with its own allow-list whatever the sender runs; the
+        entry tells an auditor whether the two sides agree (``matches_receiver``)."""
+        fp = hb.policy_fingerprint
+        previous = self._sender_policy_fp
+        if fp == previous:
+            return
+        self._sender_policy_fp = fp
+        engine = self.allow.engine
+        own = engine.fingerprint if engine is not None else None
+        matches = policy_fingerprint_bytes(own) == fp if own is not None else None
+        self.audit.append(
+            POLICY_CHANGED,
+            {
+                "session_id": hb.session_id.hex(),
+                "sender_policy_fingerprint": fp.hex(),
+                "previous_fingerprint": previous.hex() if previous is not None else None,
+                "receiver_policy_fingerprint": own,
+                "matches_receiver": matches,
+            },
+        )
+        if matches is False:
+            log.warning(
+                "the sender enforces policy %s, this receiver re-checks with %s: records the "
+                "receiver's policy does not forward will be refused here",
+                fp.hex(),
+                own,
+            )
 
     # ------------------------------------------------------------------ records
 
     def _accept(self, event: RecordsDelivered) -> None:
-        max_records = self.config.spool.max_records
-        max_bytes = self.config.spool.max_bytes
+        spool = self.spool
+        assert spool is not None
         for rec in event.records:
             headers = rec.headers
             last = headers[-1] if headers else None
@@ -292,7 +458,9 @@ class ReceiverService:
                 self.stats.duplicates_skipped += 1
                 continue
             self.last_delivered[tp] = rec.offset
-            out = Record(
+            entry = SpoolEntry(
+                target,
+                event.session_id,
                 rec.topic,
                 rec.partition,
                 rec.offset,
@@ -301,12 +469,9 @@ class ReceiverService:
                 rec.value,
                 headers[:-1],
             )
-            size = out.size
-            if len(self._spool) >= max_records or self._spool_bytes + size > max_bytes:
-                self._lose(out, "spool_full")
+            if spool.append(entry) is None:
+                self._lose(tp, rec.offset, "spool_full")
                 continue
-            self._spool.append((out, target, event.session_id))
-            self._spool_bytes += size
             self.stats.queued += 1
 
     def _refuse(self, rec: Record, reason: str) -> None:
@@ -323,16 +488,16 @@ class ReceiverService:
             },
         )
 
-    def _lose(self, rec: Record, reason: str) -> None:
+    def _lose(self, tp: TopicPartition, offset: int, reason: str) -> None:
         """Count a record lost after it arrived; reported as gaps by ``_report_losses``."""
-        tp = (rec.topic, rec.partition)
         if reason == "spool_full":
             if not self._losing:
+                assert self.spool is not None
                 self.audit.append(
                     AuditEvent.SPOOL_FULL,
                     {
-                        "records": len(self._spool),
-                        "bytes": self._spool_bytes,
+                        "records": len(self.spool),
+                        "bytes": self.spool.bytes,
                         "max_records": self.config.spool.max_records,
                         "max_bytes": self.config.spool.max_bytes,
                     },
@@ -341,12 +506,12 @@ class ReceiverService:
             self.stats.spool_lost += 1
             loss = self._losing.get(tp)
             if loss is None:
-                self._losing[tp] = _Loss(rec.offset, rec.offset, 1)
+                self._losing[tp] = _Loss(offset, offset, 1)
             else:
-                loss.last_offset = rec.offset
+                loss.last_offset = offset
                 loss.count += 1
         else:
-            self._gap(tp, rec.offset, rec.offset, 1, reason)
+            self._gap(tp, offset, offset, 1, reason)
         self.stats.lost_by_partition[tp] = self.stats.lost_by_partition.get(tp, 0) + 1
 
     def _gap(self, tp: TopicPartition, first: int, last: int, count: int, reason: str) -> None:
@@ -367,7 +532,8 @@ class ReceiverService:
         # a spool-full episode ends when there is room again; its losses become gaps then
         if not self._losing:
             return
-        if not force and len(self._spool) >= self.config.spool.max_records:
+        assert self.spool is not None
+        if not force and self.spool.full():
             return
         for tp, loss in sorted(self._losing.items()):
             self._gap(tp, loss.first_offset, loss.last_offset, loss.count, "spool_full")
@@ -395,41 +561,51 @@ class ReceiverService:
 
     def _pump(self) -> None:
         """Hand spooled records to the producer, in order, as far as it has room."""
-        while self._spool and len(self.sink) < _MAX_IN_FLIGHT:
-            rec, target, session_id = self._spool[0]
+        spool = self.spool
+        assert spool is not None
+        if self._clock() < self._kafka_retry_at:
+            return
+        while (item := spool.peek()) is not None and len(self.sink) < _MAX_IN_FLIGHT:
+            e = item.entry
             try:
-                ready = self._target_ready(target, rec.partition)
+                ready = self._target_ready(e.target, e.partition)
             except KafkaError as exc:
-                log.warning("cannot prepare %s: %s", target, exc)
-                return  # IT Kafka is unreachable: records stay spooled
+                # IT Kafka is unreachable: records stay spooled; do not block every turn
+                log.warning("cannot prepare %s: %s", e.target, exc)
+                self._kafka_retry_at = self._clock() + _KAFKA_RETRY_S
+                return
+            rec = Record(e.topic, e.partition, e.offset, e.timestamp, e.key, e.value, e.headers)
             if not ready:
-                self._spool.popleft()
-                self._spool_bytes -= rec.size
-                self._lose(rec, "no_target_partition")
+                spool.take()
+                spool.resolve(item)
+                self._lose((e.topic, e.partition), e.offset, "no_target_partition")
                 continue
             try:
                 self.sink.produce(
                     rec,
-                    target,
-                    rec.partition,
-                    provenance_headers(rec, session_id),
-                    opaque=(rec.topic, rec.partition, rec.offset),
+                    e.target,
+                    e.partition,
+                    provenance_headers(rec, e.session),
+                    opaque=item,
                 )
             except KafkaError as exc:
                 log.warning("producer full: %s", exc)
                 return
-            self._spool.popleft()
-            self._spool_bytes -= rec.size
+            spool.take()
 
     def _delivered(self, delivery: Delivery) -> None:
+        item = delivery.opaque
+        assert isinstance(item, SpoolItem) and self.spool is not None
+        if self._abandoning and delivery.error is not None:
+            return  # purged at stop: still in the spool, or already reported as a gap
+        self.spool.resolve(item)
         if delivery.error is None:
             self.stats.delivered += 1
             return
         self.stats.produce_failed += 1
-        opaque = delivery.opaque
-        assert isinstance(opaque, tuple) and len(opaque) == 3
-        tp = (str(opaque[0]), int(opaque[1]))
-        self._gap(tp, int(opaque[2]), int(opaque[2]), 1, "produce_failed")
+        e = item.entry
+        tp = (e.topic, e.partition)
+        self._gap(tp, e.offset, e.offset, 1, "produce_failed")
         self.stats.lost_by_partition[tp] = self.stats.lost_by_partition.get(tp, 0) + 1
         log.error(
             "produce to %s[%d] failed: %s", delivery.topic, delivery.partition, delivery.error
@@ -439,24 +615,42 @@ class ReceiverService:
 
     def pending(self) -> int:
         """Records accepted and not yet acknowledged by IT Kafka."""
-        return len(self._spool) + len(self.sink)
+        return len(self.spool) if self.spool is not None else 0
 
     def close(self) -> None:
-        """Hand over what is spooled, wait for Kafka, audit what could not be written."""
+        """Hand over what is spooled, wait for Kafka, keep (disk spool) or audit as gaps
+        (memory spool) what it did not acknowledge."""
         if self._closed:
             return
         self._closed = True
+        spool = self.spool
+        assert spool is not None
         try:
-            deadline = self._clock() + _STOP_FLUSH_S
-            while self._spool and self._clock() < deadline:
+            deadline = self._clock() + self.config.spool.stop_flush_s
+            while spool.waiting and self._clock() < deadline:
                 self._pump()
                 self.sink.poll(0.05)
             self.sink.flush(max(0.0, deadline - self._clock()))
-            left_in_spool = list(self._spool)
-            self._spool.clear()
-            for rec, _target, _sid in left_in_spool:
-                self._lose(rec, "shutdown")
+            self.sink.poll(0)
             unacked = len(self.sink)
+            # nothing may reach Kafka after this point: what is left is kept or reported
+            self._abandoning = True
+            self.sink.abandon()
+            left = list(spool.unresolved())
+            spooled = 0
+            if spool.config.path is None:
+                self._gaps_for(left, "shutdown")
+                for item in left:
+                    spool.resolve(item)
+            else:
+                spooled = len(left)
+                if spooled:
+                    log.warning(
+                        "%d record(s) not acknowledged by IT Kafka stay in the spool %s for "
+                        "the next start",
+                        spooled,
+                        spool.config.path,
+                    )
             wall = self._wall()
             self._report_losses(wall, force=True)
             self.auditor.close(wall)
@@ -473,12 +667,35 @@ class ReceiverService:
                     "duplicates_skipped": self.stats.duplicates_skipped,
                     "records_refused": self.stats.refused,
                     "unacknowledged": unacked,
+                    "spooled": spooled,
+                    "spool_replayed": self.stats.replayed,
                 },
             )
         finally:
             if self._udp is not None:
                 self._udp.close()
+            spool.close()
             self.audit.close()
+
+    def _gaps_for(self, items: list[SpoolItem], reason: str) -> None:
+        """One exact gap per source partition for records that will never reach Kafka.
+
+        Kafka acknowledges a partition in order, so what is left of a partition is the
+        tail of what it accepted: one range, with the count of records in it."""
+        ranges: dict[TopicPartition, _Loss] = {}
+        for item in sorted(items, key=lambda i: i.seq):
+            e = item.entry
+            tp = (e.topic, e.partition)
+            loss = ranges.get(tp)
+            if loss is None:
+                ranges[tp] = _Loss(e.offset, e.offset, 1)
+            else:
+                loss.first_offset = min(loss.first_offset, e.offset)
+                loss.last_offset = max(loss.last_offset, e.offset)
+                loss.count += 1
+            self.stats.lost_by_partition[tp] = self.stats.lost_by_partition.get(tp, 0) + 1
+        for tp, loss in sorted(ranges.items()):
+            self._gap(tp, loss.first_offset, loss.last_offset, loss.count, reason)
 
 
 __all__ = ["ALLOW_LIST_RULE", "AllowList", "ReceiverService", "ReceiverStats"]

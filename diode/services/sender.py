@@ -14,8 +14,10 @@ Owns the sender's loop and the promises it keeps:
 * timers (linger, manifests, heartbeats, key rotation) run on a monotonic clock; SIGHUP
   reloads the policy, SIGTERM/SIGINT flush the session, commit and audit ``service_stop``.
 
-The policy fingerprint goes into the session's heartbeats; a session keeps the fingerprint it
-started with, so after a reload the heartbeats name the old policy until the next start.
+The policy fingerprint goes into the session's heartbeats; after a reload the session is told
+the new one (``set_policy_fingerprint``), so the receiver sees, and audits, the change. When
+``[kafka] topics`` is empty the subscriptions follow the policy: a reload that forwards new
+topics subscribes to them (a rebalance; offsets are committed first, see ``_revoked``).
 """
 
 from __future__ import annotations
@@ -447,6 +449,7 @@ class SenderService:
                 },
             )
             log.info("policy reloaded: %s", event.fingerprint)
+            self._policy_changed()
         elif isinstance(event, PolicyRejected):
             self.audit.append(
                 AuditEvent.POLICY_REJECTED,
@@ -457,6 +460,18 @@ class SenderService:
                 },
             )
             log.error("policy %s rejected, keeping %s", event.path, event.kept_fingerprint)
+
+    def _policy_changed(self) -> None:
+        """Heartbeats name the new policy; subscriptions that follow the policy follow it."""
+        if self._session is not None:
+            self._session.set_policy_fingerprint(policy_fingerprint_bytes(self.policy.fingerprint))
+        if self.config.kafka.topics or self._source is None:
+            return
+        topics = topics_from_policy(self.policy)
+        if topics and topics != self.topics:
+            log.info("subscriptions follow the policy: %s", ", ".join(topics))
+            self._source.subscribe(topics)
+            self.topics = topics
 
     def _session_events(self, session: SenderSession) -> None:
         for event in session.events():

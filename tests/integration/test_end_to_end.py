@@ -25,7 +25,14 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from diode.audit import verify
 from diode.config import ReceiverConfig, SenderConfig, build_config
-from diode.io.kafka import SESSION, SRC_OFFSET, SRC_PARTITION, SRC_TOPIC, ensure_topic
+from diode.io.kafka import (
+    SESSION,
+    SRC_OFFSET,
+    SRC_PARTITION,
+    SRC_TOPIC,
+    ensure_topic,
+    read_provenance,
+)
 from diode.protocol.crypto import generate_key_files, load_verify_key
 from diode.services.receiver import ReceiverService
 from diode.services.sender import SenderService
@@ -303,3 +310,48 @@ def test_end_to_end(setup: dict[str, Any]) -> None:
     assert text.count('"record_quarantined"') == 30  # once per sender run
     assert text.count('"record_refused"') == 30
     assert text.count('"service_stop"') == 3
+
+
+def test_provenance_reads_back_until_exact(it_kafka: Any) -> None:
+    """Two source topics share one IT partition; the quiet one's last record lies far back."""
+    topic = f"ot.prov{uuid.uuid4().hex[:6]}"
+    ensure_topic(it_kafka.bootstrap, topic, 1)
+    producer = Producer({"bootstrap.servers": it_kafka.bootstrap, "linger.ms": 20})
+
+    def put(source: str, offsets: range) -> None:
+        for o in offsets:
+            headers: list[tuple[str, str | bytes | None]] = [
+                (SRC_TOPIC, source.encode()),
+                (SRC_PARTITION, b"0"),
+                (SRC_OFFSET, str(o).encode()),
+            ]
+            producer.produce(topic, value=b"v", headers=headers, partition=0)
+
+    put("plant.busy", range(0, 2000))
+    put("plant.quiet", range(0, 5))
+    put("plant.busy", range(2000, 4000))
+    assert producer.flush(30) == 0
+    expected = {("plant.busy", 0): 3999, ("plant.quiet", 0): 4}
+
+    # sources unknown: read back to the partition's start
+    full = read_provenance(it_kafka.bootstrap, [topic], window=1000)
+    assert full.last == expected
+    (scan,) = full.partitions
+    assert scan.complete and scan.records == 4005 and scan.read_from == 0
+
+    # sources known (from the receiver's policy): stop as soon as both are found
+    both = {("plant.busy", 0), ("plant.quiet", 0)}
+    early = read_provenance(
+        it_kafka.bootstrap, [topic], window=1000, expected=lambda t, p: set(both)
+    )
+    assert early.last == expected
+    (scan,) = early.partitions
+    assert scan.complete and scan.records == 3000 and scan.read_from == 1005
+    assert set(scan.sources) == both
+
+    # bounded: the quiet source lies beyond the bound; the scan says it gave up
+    bounded = read_provenance(it_kafka.bootstrap, [topic], window=1000, max_records=1500)
+    assert bounded.last == {("plant.busy", 0): 3999}
+    (scan,) = bounded.partitions
+    assert not scan.complete and scan.records == 1500 and scan.read_from == 2505
+    assert bounded.incomplete == (scan,)

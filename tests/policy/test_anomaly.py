@@ -124,10 +124,13 @@ def test_timestamp_skew(engine_of: Engine) -> None:
     d = e.evaluate(future, NOW)
     (f,) = d.findings
     assert (f.detector, round(f.observed), f.threshold) == ("timestamp", 120, 60)
-    past = record("plant.a", 50, NOW - 7200, rng)
-    (f,) = e.evaluate(past, NOW).findings
+    (over,) = e.poll(NOW + 60)  # none for clear_after_s (60): the episode is over
+    assert over.count == 1 and over.message.startswith("timestamp skew over: 1 record")
+    later = NOW + 100
+    past = record("plant.a", 50, later - 7200, rng)
+    (f,) = e.evaluate(past, later).findings
     assert (round(f.observed), f.threshold) == (-7200, -3600)
-    assert e.evaluate(record("plant.a", 50, NOW - 30, rng), NOW).findings == ()
+    assert e.evaluate(record("plant.a", 50, later - 30, rng), later).findings == ()
     # Kafka's "no timestamp" (-1) is not a record from 1970
     no_ts = Record("plant.a", 0, 0, -1, None, b'{"value": 50}', ())
     assert e.evaluate(no_ts, NOW).findings == ()
@@ -189,3 +192,146 @@ def test_anomaly_action_can_refuse(engine_of: Engine) -> None:
     rng = random.Random(10)
     d = e.evaluate(record("plant.a", 50, NOW + 600, rng), NOW)
     assert d.action is Action.DROP and d.findings[0].detector == "timestamp"
+
+
+# --- timestamp skew: one finding per episode -------------------------------------------------
+
+SKEW = """\
+version: 1
+name: skew
+rules:
+  - id: plc
+    match: {glob: "plant.*"}
+    anomaly:
+      timestamp: {max_future_s: 60, max_past_s: 3600, report_every_s: 300}
+"""
+
+
+def raw(topic: str, ts: float) -> Record:
+    return Record(topic, 0, 0, int(ts * 1000), None, b"x", ())
+
+
+def test_skewed_producer_is_one_finding_per_episode(engine_of: Engine) -> None:
+    e = engine_of(SKEW)
+    decisions = [e.evaluate(raw("plant.plc", NOW + i + 120), NOW + i) for i in range(100)]
+    # every skewed record still carries the reason and the anomaly action ...
+    assert all(d.action is Action.ALERT for d in decisions)
+    why = ("anomaly: timestamp 120.0 s in the future (limit 60 s)",)
+    assert all(d.reasons == why for d in decisions[1:])
+    assert decisions[0].reasons[0].startswith(why[0] + "; further skewed records")
+    # ... but only the first carries a finding (the audited event)
+    found = [f for d in decisions for f in d.findings]
+    assert len(found) == 1 and found[0].detector == "timestamp" and found[0].count == 1
+    assert e.poll(NOW + 100) == []
+    good = e.evaluate(raw("plant.plc", NOW + 100), NOW + 100)
+    assert good.action is Action.FORWARD and good.findings == ()
+    # the episode ends once no skewed record has come for clear_after_s (60 s)
+    assert e.poll(NOW + 158) == []
+    (summary,) = e.poll(NOW + 159)
+    assert summary.detector == "timestamp" and summary.topic == "plant.plc"
+    assert summary.count == 100  # every record of the episode
+    assert summary.message == (
+        "timestamp skew over: 100 records in 99 s, up to 120.0 s in the future; none for 60 s"
+    )
+    assert e.poll(NOW + 160) == []
+    # a new episode is reported again
+    d = e.evaluate(raw("plant.plc", NOW + 200 + 120), NOW + 200)
+    assert [f.detector for f in d.findings] == ["timestamp"]
+
+
+def test_flapping_clock_is_one_episode(engine_of: Engine) -> None:
+    e = engine_of(SKEW)
+    found = []
+    for i in range(200):  # every other record skewed, polled every second
+        now = NOW + i
+        found += e.evaluate(raw("plant.plc", now + (120 if i % 2 else 0)), now).findings
+        found += e.poll(now)
+    assert len(found) == 1
+
+
+def test_long_skew_episode_is_reported_periodically(engine_of: Engine) -> None:
+    e = engine_of(SKEW)
+    reports = []
+    for i in range(1000):  # one record a second, 2 hours behind, for 1000 s
+        now = NOW + i
+        reports += e.evaluate(raw("plant.plc", now - 7200), now).findings
+        reports += e.poll(now)
+    # the opening record, then the running total every 300 s
+    assert [f.count for f in reports] == [1, 301, 601, 901]
+    assert all(f.detector == "timestamp" and f.observed < -3600 for f in reports)
+    assert "continues" in reports[1].message and "601 records" in reports[2].message
+
+
+def test_skew_episodes_are_per_topic(engine_of: Engine) -> None:
+    e = engine_of(SKEW)
+    a = e.evaluate(raw("plant.a", NOW + 120), NOW)
+    b = e.evaluate(raw("plant.b", NOW + 120), NOW)
+    assert len(a.findings) == len(b.findings) == 1
+    # the clock jumps from ahead to far behind: still the same broken clock
+    c = e.evaluate(raw("plant.a", NOW + 1 - 7200), NOW + 1)
+    assert c.findings == () and c.reasons[0].endswith("s in the past (limit 3600 s)")
+    assert [f.topic for f in e.poll(NOW + 60)] == ["plant.b"]
+    (over,) = e.poll(NOW + 61)
+    assert over.topic == "plant.a" and over.count == 2
+    assert "up to 7200.0 s in the past and up to 120.0 s in the future" in over.message
+
+
+def test_skew_drop_action_still_applies_to_every_record(engine_of: Engine) -> None:
+    e = engine_of(SKEW.replace("    anomaly:", "    on_violation: {anomaly: drop}\n    anomaly:"))
+    got = [e.evaluate(raw("plant.plc", NOW + 600), NOW + i).action for i in range(5)]
+    assert got == [Action.DROP] * 5
+
+
+# --- field drift: a sensible spread floor for a signal that was constant ----------------------
+
+FIELD = """\
+version: 1
+name: field
+rules:
+  - id: f
+    match: {glob: "plant.*"}
+    value: {format: json}
+    anomaly:
+      fields:
+        value: {z: 6, warmup: 50}
+"""
+
+
+def _z(finding: Finding) -> float:
+    return float(finding.message.split("z=")[1].split(",")[0])
+
+
+def _feed(e: PolicyEngine, values: list[float], start: float) -> list[Finding]:
+    out: list[Finding] = []
+    for i, v in enumerate(values):
+        now = start + i
+        rec = Record("plant.sp", 0, i, int(now * 1000), None, json.dumps({"value": v}).encode(), ())
+        out += e.evaluate(rec, now).findings
+    return out
+
+
+def test_small_change_of_a_constant_signal_is_no_alarm(engine_of: Engine) -> None:
+    e = engine_of(FIELD)
+    assert _feed(e, [80.0] * 50, NOW) == []
+    # a setpoint nudged by 0.1 (0.125 %) and held
+    assert _feed(e, [80.1] * 200, NOW + 50) == []
+
+
+def test_big_change_of_a_constant_signal_alarms_with_a_sane_z(engine_of: Engine) -> None:
+    e = engine_of(FIELD)
+    _feed(e, [80.0] * 50, NOW)
+    (f,) = _feed(e, [120.0] * 20, NOW + 50)
+    assert 6 < _z(f) < 2000, f.message
+
+
+def test_change_of_a_signal_constant_at_zero_has_a_bounded_z(engine_of: Engine) -> None:
+    e = engine_of(FIELD)
+    _feed(e, [0.0] * 50, NOW)
+    (f,) = _feed(e, [1.0] * 5, NOW + 50)
+    assert 6 < _z(f) < 2000, f.message
+
+
+def test_min_std_still_sets_the_floor(engine_of: Engine) -> None:
+    e = engine_of(FIELD.replace("warmup: 50}", "warmup: 50, min_std: 5}"))
+    _feed(e, [80.0] * 50, NOW)
+    assert _feed(e, [85.0] * 100, NOW + 50) == []  # within z=6 of a spread of 5

@@ -153,12 +153,46 @@ def test_allow_keeps_narrower_denials(plant: Path) -> None:
     assert json.loads(out)["action"] == "forward"
 
 
-def test_allow_that_would_collide_with_a_regex_rule_is_refused(plant: Path) -> None:
+def test_allow_carves_out_a_regex_rule_that_globs_can_express(plant: Path) -> None:
+    code, out = run("allow", str(plant), "plant.*")
+    assert code == 0, out
+    rules = load_policy(plant).model.rules
+    broad = next(r for r in rules if r.match.glob == "plant.*")
+    assert broad.match.except_ == [
+        "plant.commands",
+        "plant.commands.*",
+        "plant.setpoints",
+        "plant.setpoints.*",
+    ]
+    assert "(kept by 'no-commands')" in out
+    for topic, action in [
+        ("plant.commands", "drop"),
+        ("plant.setpoints.valve3", "drop"),
+        ("plant.commandsx", "forward"),
+        ("plant.energy", "forward"),
+    ]:
+        code, out = run("test", str(plant), "--topic", topic, "--value", "{}", "--json")
+        assert json.loads(out)["action"] == action, (topic, out)
+
+
+def test_allow_that_collides_with_an_inexpressible_regex_says_what_to_edit(
+    plant: Path,
+) -> None:
+    text = plant.read_text().replace(
+        'match: {regex: "plant\\\\.(commands|setpoints)(\\\\..*)?"}',
+        'match: {regex: "plant\\\\.cmd[0-9]{2,}"}',
+    )
+    assert "cmd[0-9]{2,}" in text
+    plant.write_text(text)
     before = plant.read_text()
     code, out = run("allow", str(plant), "plant.*")
     assert code != 0
-    assert "overlaps rule 'no-commands' (drop): both match topic 'plant.commands'" in out
     assert plant.read_text() == before
+    # names the file, both rules, the regex, where to write and what
+    assert str(plant) in out
+    assert "'no-commands'" in out and "plant\\.cmd[0-9]{2,}" in out
+    assert "except" in out and "by hand" in out
+    assert "plant.cmd" in out  # a topic the two share, to start from
 
 
 def test_invalid_edit_is_not_written(plant: Path) -> None:
@@ -250,3 +284,60 @@ def test_edits_touch_only_what_they_change(plant: Path) -> None:
     )
     assert "  - id: deny-plant.telemetry.lab" in added
     assert "      records_per_s: 50" in added
+
+
+def test_deny_of_a_rate_limited_rule_drops_its_rate(plant: Path) -> None:
+    code, out = run("deny", str(plant), "plant.telemetry.*")
+    assert code == 0, out
+    rule = load_policy(plant).model.rules[0]
+    assert rule.action.value == "drop" and rule.rate is None
+    assert "rate removed" in out
+
+
+def test_test_exit_code(plant: Path) -> None:
+    good = '{"tag": "TI-101", "value": 81.5, "unit": "degC"}'
+    args = ("test", str(plant), "--topic", "plant.telemetry.boiler", "--exit-code")
+    assert run(*args, "--value", good)[0] == 0
+    code, out = run(*args, "--value", '{"tag": 1}')
+    assert code == 3 and out.startswith("quarantine")
+    assert run("test", str(plant), "--topic", "erp.orders", "--exit-code")[0] == 3
+    # without the flag the decision is only printed
+    assert run("test", str(plant), "--topic", "erp.orders")[0] == 0
+
+
+def test_test_exit_code_counts_alert_as_not_forward(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text("version: 1\nname: a\nrules:\n  - {id: a, match: {exact: t}, action: alert}\n")
+    code, out = run("test", str(path), "--topic", "t", "--exit-code")
+    assert code == 3 and out.startswith("alert")
+
+
+def test_replay_exit_code(plant: Path, tmp_path: Path) -> None:
+    t = NOW_MS / 1000
+    good = {"topic": "plant.telemetry.boiler", "now": t, "headers": {"source": "plc"}}
+    good["value"] = {"tag": "TI-101", "value": 80.0, "unit": "degC"}  # type: ignore[assignment]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps(good) + "\n")
+    assert run("replay", str(plant), "--records", str(clean), "--exit-code")[0] == 0
+    mixed = tmp_path / "mixed.jsonl"
+    refused = {"topic": "plant.commands", "now": t + 1, "value": "open"}
+    mixed.write_text(json.dumps(good) + "\n" + json.dumps(refused) + "\n")
+    code, out = run("replay", str(plant), "--records", str(mixed), "--exit-code")
+    assert code == 3 and "decisions: drop 1, forward 1" in out
+    assert run("replay", str(plant), "--records", str(mixed))[0] == 0
+
+
+def test_exit_code_is_documented() -> None:
+    for cmd in ("test", "replay"):
+        out = run(cmd, "--help")[1]
+        assert "--exit-code" in out and "3" in out, cmd
+
+
+def test_show_says_which_rules_can_block_a_topic_and_how_to_lift_it() -> None:
+    code, out = run("show", str(ROOT / "policies" / "bottling-plant.yaml"))
+    assert code == 0
+    assert "block_topic" in out
+    assert "line-telemetry" in out.split("block_topic", 1)[1]
+    assert "restart" in out and "unblock" in out
+    code, out = run("show", str(ROOT / "policies" / "default.yaml"))
+    assert "block_topic" not in out

@@ -42,7 +42,6 @@ REFUSED = [
     (r"(ab)+c", "one character class"),
     (r"a{0,5000}", "exceeds the limit 1024"),
     (r"[a-z]{0,40}[a-z]{0,40}x", "ways"),
-    ("€", "above U+00FF"),
     ("(", "not a valid regex"),
 ]
 
@@ -134,3 +133,76 @@ def test_topic_names() -> None:
     assert patterns.is_topic_name("plant.a_b-1")
     for bad in ("", ".", "..", "a b", "x" * 250, "ümlaut"):
         assert not patterns.is_topic_name(bad)
+
+
+# --- an overlap search that gives up must say so ---------------------------------------------
+
+
+def test_overlap_search_that_gives_up_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    # these overlap ('ab' followed by 14 characters) but the shortest witness lies deeper
+    # than a small search budget reaches
+    monkeypatch.setattr(patterns, "MAX_OVERLAP_STATES", 500)
+    a, b = TopicNFA.from_regex(r".*a.{15}"), TopicNFA.from_regex(r".*b.{14}")
+    with pytest.raises(patterns.OverlapUndecidedError, match="500"):
+        find_common_topic([a], [b])
+
+
+def test_overlap_search_finds_deep_witnesses_within_the_real_budget() -> None:
+    a, b = TopicNFA.from_regex(r".*a.{9}"), TopicNFA.from_regex(r".*b.{8}")
+    word = find_common_topic([a], [b])
+    assert word is not None and re.fullmatch(r".*a.{9}", word) and re.fullmatch(r".*b.{8}", word)
+
+
+def test_emptiness_needs_no_product_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patterns, "MAX_OVERLAP_STATES", 10)
+    assert patterns.matches_some_topic(TopicNFA.from_regex(r".*a.{15}"))
+    assert not patterns.matches_some_topic(TopicNFA.from_regex(r"a/b"))
+    assert not patterns.matches_some_topic(TopicNFA.from_regex(r"a{250}"))
+    assert patterns.matches_some_topic(TopicNFA.from_regex(r"a{249}"))
+
+
+# --- non-ASCII in deny patterns matches UTF-8 ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "hits", "misses"),
+    [
+        ("Passwort:ü", ["Passwort:ü", "x Passwort:ü y"], ["Passwort:u", "Passwort:Ü"]),
+        ("(?i)passwort:ü", ["PASSWORT:Ü", "passwort:ü"], ["passwort:u"]),
+        ("Пароль", ["мой Пароль: 1"], ["пароль"]),
+        ("(?i)пароль", ["ПАРОЛЬ", "Пароль"], ["parol"]),
+        ("[äöü]x", ["äx", "üx"], ["ax", "x"]),
+        ("k[a-zä]{1,3}se", ["käse", "kase"], ["kse", "kÄse"]),
+        ("ü{2}", ["üü"], ["ü", "üx"]),
+        ("grüße€", ["grüße€"], ["grüsse€"]),
+        (r"Passw\xc3\xb6rter", ["Passwörter"], ["Passworter"]),
+    ],
+)
+def test_non_ascii_deny_patterns_match_utf8(pattern: str, hits: list[str], misses: list[str]) -> None:
+    rx = compile_deny_pattern(pattern)
+    for text in hits:
+        assert rx.search(text.encode()), (pattern, text)
+    for text in misses:
+        assert not rx.search(text.encode()), (pattern, text)
+
+
+def test_non_ascii_deny_pattern_does_not_match_latin1_bytes() -> None:
+    rx = compile_deny_pattern("Passwort:ü")
+    assert not rx.search("Passwort:ü".encode("latin-1"))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "why"),
+    [
+        ("[^ü]x", "negated"),
+        ("[^a]ü", None),
+        ("ü[\u0100-\u2000]", "non-ASCII range"),
+        ("ä\\xfc", "\\xNN escapes"),
+    ],
+)
+def test_non_ascii_deny_pattern_limits(pattern: str, why: str | None) -> None:
+    if why is None:
+        assert compile_deny_pattern(pattern).search("xü".encode())
+    else:
+        with pytest.raises(PatternError, match=re.escape(why)):
+            compile_deny_pattern(pattern)

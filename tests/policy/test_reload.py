@@ -151,3 +151,22 @@ def test_first_load_must_succeed(write: Write) -> None:
     path = write("version: 1\n")
     with pytest.raises(PolicyValidationError):
         ReloadingPolicy(path)
+
+
+def test_blocked_topics_are_lifted_through_the_holder(write: Write) -> None:
+    text = (
+        "version: 1\nname: r\nrules:\n"
+        "  - {id: a, match: {glob: 't.*'}, deny: [{pattern: secret}], "
+        "on_violation: {deny: block_topic}}\n"
+    )
+    path = write(text)
+    holder = ReloadingPolicy(path)
+    holder.evaluate(rec("t.a", b"secret"), NOW)
+    assert list(holder.blocked_topics()) == ["t.a"]
+    path.write_text(text.replace("name: r", "name: r2"))
+    holder.reload()
+    assert list(holder.blocked_topics()) == ["t.a"]  # a reload does not lift it ...
+    assert holder.unblock("t.a")  # ... unblock does
+    assert not holder.unblock("t.a")
+    assert holder.blocked_topics() == {}
+    assert holder.evaluate(rec("t.a", b"fine"), NOW).action is Action.FORWARD

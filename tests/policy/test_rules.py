@@ -70,7 +70,22 @@ def test_prefixed_name_too_long_is_dropped(engine_of: Engine, make_record: Make)
     e = engine_of(HEAD + '  - {id: a, match: {glob: "s.*"}, prefix: "' + "p" * 200 + '"}\n')
     d = e.evaluate(make_record("s." + "x" * 60), NOW)
     assert d.action is Action.DROP
-    assert "not a legal Kafka topic name" in d.reasons[0]
+    (reason,) = d.reasons
+    # shortened, and says so inside the quotes, with the length and the limit
+    assert reason == (
+        f"target topic {'p' * 60 + '...'!r} (262 characters) is not a legal Kafka topic name: "
+        "longer than 249 characters"
+    )
+
+
+def test_illegal_target_shown_in_full_has_no_ellipsis(engine_of: Engine, make_record: Make) -> None:
+    e = engine_of("version: 1\nname: t\nrules:\n  - {id: a, match: {glob: '*'}}\n")
+    d = e.evaluate(make_record("bad topic"), NOW)
+    assert d.action is Action.DROP
+    assert d.reasons == (
+        "target topic 'bad topic' is not a legal Kafka topic name: ' ' is not one of "
+        "[a-zA-Z0-9._-]",
+    )
 
 
 def test_rule_actions(engine_of: Engine, make_record: Make) -> None:
@@ -126,7 +141,8 @@ def test_records_per_second_with_burst_and_refill(engine_of: Engine, make_record
 
 def test_bytes_per_second(engine_of: Engine, make_record: Make) -> None:
     e = engine_of(
-        HEAD + "  - {id: r, match: {exact: t}, rate: {bytes_per_s: 100, burst_bytes: 250}}\n"
+        HEAD + "  - {id: r, match: {exact: t}, max_bytes: 250,\n"
+        "      rate: {bytes_per_s: 100, burst_bytes: 250}}\n"
     )
     v = b"x" * 100
     got = [e.evaluate(make_record("t", v), NOW).action for _ in range(3)]
@@ -395,3 +411,53 @@ def test_alerted_records_still_pay_the_rate_limit(engine_of: Engine, make_record
     got = [e.evaluate(make_record("t", b"big"), NOW) for _ in range(3)]
     assert [d.action for d in got] == [Action.ALERT, Action.ALERT, Action.DROP]
     assert got[2].reasons[-1].startswith("rate: more than 1 records/s")
+
+
+ENUM = JSON_RULE + "      fields:\n        n: {enum: [1, 2, 2.5, true, 'x', null]}\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "passes"),
+    [
+        ("1", True),
+        ("1.0", True),  # JSON numbers compare by value: 1.0 == 1 (as in JSON Schema)
+        ("2.00", True),
+        ("2.5", True),
+        ("1e0", True),
+        ("3", False),
+        ("1.5", False),
+        ("true", True),
+        ("false", False),  # a boolean is never a number, nor a number a boolean
+        ('"1"', False),
+        ('"x"', True),
+        ("null", True),
+        ("[1]", False),  # arrays and objects are never enum members here (and must not crash)
+        ('{"a": 1}', False),
+    ],
+)
+def test_enum_compares_json_numbers_by_value(
+    engine_of: Engine, make_record: Make, value: str, passes: bool
+) -> None:
+    d = engine_of(ENUM).evaluate(make_record("t", b'{"n": ' + value.encode() + b"}"), NOW)
+    assert (d.action is Action.FORWARD) == passes, d.reasons
+
+
+def test_enum_of_one_does_not_admit_true(engine_of: Engine, make_record: Make) -> None:
+    e = engine_of(JSON_RULE + "      fields:\n        n: {enum: [1, 0]}\n")
+    assert e.evaluate(make_record("t", b'{"n": 1.0}'), NOW).action is Action.FORWARD
+    assert e.evaluate(make_record("t", b'{"n": true}'), NOW).action is Action.DROP
+    assert e.evaluate(make_record("t", b'{"n": false}'), NOW).action is Action.DROP
+
+
+def test_non_ascii_deny_pattern_matches_utf8_values(engine_of: Engine, make_record: Make) -> None:
+    e = engine_of(
+        HEAD
+        + "  - id: d\n    match: {exact: t}\n    deny:\n"
+        + "      - {pattern: '(?i)passwort\\s*[:=]\\s*ü', in: [key, value, headers]}\n"
+    )
+    value = json.dumps({"note": "Passwort: üblich"}, ensure_ascii=False).encode()
+    d = e.evaluate(make_record("t", value), NOW)
+    assert d.action is Action.DROP and d.reasons[0].startswith("deny: value matches")
+    d = e.evaluate(make_record("t", b"ok", headers=(("x", "PASSWORT=Über".encode()),)), NOW)
+    assert d.action is Action.DROP
+    assert e.evaluate(make_record("t", "Passwort: nein".encode()), NOW).crosses

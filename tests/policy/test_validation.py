@@ -200,6 +200,38 @@ CASES: list[tuple[str, str, int, str]] = [
         "records_per_s, bytes_per_s",
     ),
     (
+        "burst_bytes below the rule's max_bytes",
+        "version: 1\nname: t\nrules:\n"
+        + OK_RULE
+        + "    max_bytes: 4096\n    rate:\n      bytes_per_s: 100000\n      burst_bytes: 1000\n",
+        9,
+        "burst_bytes 1000 is smaller than max_bytes 4096",
+    ),
+    (
+        "burst_bytes below the default max_bytes",
+        "version: 1\nname: t\ndefaults: {max_bytes: 8192}\nrules:\n"
+        + OK_RULE
+        + "    rate: {bytes_per_s: 100000, burst_bytes: 4096}\n",
+        7,
+        "burst_bytes 4096 is smaller than max_bytes 8192 (from defaults)",
+    ),
+    (
+        "rate on a drop rule",
+        "version: 1\nname: t\nrules:\n"
+        + OK_RULE
+        + "    action: drop\n    rate: {records_per_s: 10}\n",
+        7,
+        "rule 'ok' has action drop: nothing it passes crosses the diode, so its `rate` is never",
+    ),
+    (
+        "rate on a quarantine rule",
+        "version: 1\nname: t\nquarantine_topic: ot.q\nrules:\n"
+        + OK_RULE
+        + "    action: quarantine\n    rate: {records_per_s: 10}\n",
+        8,
+        "rule 'ok' has action quarantine: nothing it passes crosses the diode",
+    ),
+    (
         "min above max",
         "version: 1\nname: t\nrules:\n"
         + OK_RULE
@@ -291,3 +323,57 @@ def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(PolicyValidationError) as info:
         load_policy(tmp_path / "missing.yaml")
     assert "cannot read" in str(info.value)
+
+
+def test_overlap_check_that_cannot_decide_fails_closed(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diode.policy import patterns
+
+    # the two patterns do overlap ('ab' and 14 more characters), deeper than the budget
+    monkeypatch.setattr(patterns, "MAX_OVERLAP_STATES", 2000)
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - id: a\n    match: {regex: '.*a.{15}'}\n"
+        "  - id: b\n    match: {regex: '.*b.{14}'}\n    action: drop\n"
+    )
+    found = problems(write, text)
+    assert len(found) == 1, found
+    line, msg = found[0]
+    assert line == 7
+    assert "rule 'b' (drop)" in msg and "rule 'a' (forward)" in msg
+    assert "could not be checked for overlap" in msg
+    assert "simpler or disjoint" in msg and "except" in msg
+
+
+def test_overlap_check_fails_closed_at_the_real_budget(write: Write) -> None:
+    # disjoint in fact (the 16th-last character cannot be both), but only a search of the
+    # whole product space could show it, and that is beyond the budget
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - id: a\n    match: {regex: '.*a.{15}'}\n"
+        "  - id: b\n    match: {regex: '.*b.{15}'}\n    action: drop\n"
+    )
+    found = problems(write, text)
+    assert [ln for ln, _ in found] == [7]
+    assert "could not be checked for overlap" in found[0][1]
+
+
+def test_same_action_pairs_need_no_overlap_decision(
+    write: Write, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from diode.policy import patterns
+
+    monkeypatch.setattr(patterns, "MAX_OVERLAP_STATES", 2000)
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - id: a\n    match: {regex: '.*a.{15}'}\n"
+        "  - id: b\n    match: {regex: '.*b.{14}'}\n"
+    )
+    assert len(load_policy(write(text)).model.rules) == 2
+
+
+def test_target_topic_names_must_be_legal(write: Write) -> None:
+    text = "version: 1\nname: t\nrules:\n" + OK_RULE + "    to: '..'\n"
+    found = problems(write, text)
+    assert any(ln == 6 and "'..'" in msg and "reserved" in msg for ln, msg in found), found

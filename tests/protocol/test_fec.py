@@ -177,7 +177,7 @@ def test_raptorq_refuses_unaligned_and_oversized_blocks(name: str) -> None:
 
 def test_get_codec_default_and_errors(name: str) -> None:
     assert get_codec() is get_codec(fec.DEFAULT_CODEC)
-    assert get_codec().name == "zfec"
+    assert get_codec().name == "rs"
     assert get_codec().overhead() == 0
     assert get_codec(name) is get_codec(name)
     with pytest.raises(ConfigError, match="unknown FEC codec 'ldpc'; known: zfec, raptorq"):

@@ -127,3 +127,43 @@ def test_cli_start_errors_are_one_line(tmp_path: Path) -> None:
     result = runner.invoke(main, ["sender", "run", "--config", str(cfg)])
     assert result.exit_code == 1
     assert "sender.key does not exist" in result.output
+
+
+EXPECT_POLICY = """\
+version: 1
+name: expect
+rules:
+  - id: boiler
+    match: {exact: plant.boiler}
+    to: ot.shared
+  - id: turbine
+    match: {exact: plant.turbine}
+    to: ot.shared
+  - id: tel
+    match: {glob: "plant.tel.*"}
+    prefix: "ot."
+  - id: many
+    match: {glob: "plant.log.*"}
+    to: ot.logs
+  - id: off
+    match: {exact: plant.secret}
+    action: drop
+"""
+
+
+def test_expected_sources_from_the_receivers_policy(tmp_path: Path) -> None:
+    from diode.policy import PolicyEngine, load_policy
+    from diode.services.receiver import AllowList
+
+    path = tmp_path / "p.yaml"
+    path.write_text(EXPECT_POLICY)
+    allow = AllowList([], PolicyEngine(load_policy(path)))
+    # two exact sources share one target: the scan can stop once both are found
+    assert allow.expected_sources("ot.shared", 3) == {("plant.boiler", 3), ("plant.turbine", 3)}
+    # a prefixed glob maps one source to one target
+    assert allow.expected_sources("ot.plant.tel.a", 0) == {("plant.tel.a", 0)}
+    # a glob mapped to one target: any number of sources, so unknown
+    assert allow.expected_sources("ot.logs", 0) is None
+    # nothing the policy forwards ends there
+    assert allow.expected_sources("ot.nothing", 0) == set()
+    assert AllowList(["ot.*"], None).expected_sources("ot.shared", 0) is None
