@@ -161,7 +161,22 @@ class FieldMonitor:
     One alarm is raised per episode; it re-arms once back within half the threshold.
     """
 
-    __slots__ = ("alarmed", "cfg", "fast", "frac", "m2", "mean", "n", "path", "scale", "var")
+    __slots__ = (
+        "afast",
+        "alarmed",
+        "cfg",
+        "fast",
+        "frac",
+        "m2",
+        "mean",
+        "min_std",
+        "n",
+        "path",
+        "scale",
+        "var",
+        "warmup",
+        "zlim",
+    )
 
     def __init__(self, path: str, cfg: FieldDetector) -> None:
         self.path = path
@@ -172,40 +187,44 @@ class FieldMonitor:
         self.var = 0.0
         self.fast = 0.0
         self.alarmed = False
+        self.afast = cfg.alpha_fast
+        self.warmup = cfg.warmup
+        self.zlim = cfg.z
         self.scale = math.sqrt(cfg.alpha_fast / (2.0 - cfg.alpha_fast))
         self.frac = cfg.min_std_fraction
+        # below this only a value and baseline of exactly 0 (or both floors set to 0) get;
+        # it keeps the arithmetic finite
+        self.min_std = max(cfg.min_std, 1e-9)
 
     def observe(self, x: float, topic: str, rule: str) -> Finding | None:
-        cfg = self.cfg
         n = self.n
-        if n < cfg.warmup:
+        if n < self.warmup:
             # Welford's running mean and variance over the warm-up
-            self.fast = x if n == 0 else self.fast + cfg.alpha_fast * (x - self.fast)
+            self.fast = x if n == 0 else self.fast + self.afast * (x - self.fast)
             n += 1
             d = x - self.mean
             self.mean += d / n
             self.m2 += d * (x - self.mean)
             self.n = n
-            if n == cfg.warmup:
+            if n == self.warmup:
                 self.var = self.m2 / max(n - 1, 1)
             return None
-        fast = self.fast = self.fast + cfg.alpha_fast * (x - self.fast)
+        fast = self.fast = self.fast + self.afast * (x - self.fast)
         mean = self.mean
         std = math.sqrt(self.var)
-        if std < cfg.min_std:
-            std = cfg.min_std
         am = mean if mean >= 0 else -mean
         ax = x if x >= 0 else -x
         floor = self.frac * (am if am > ax else ax)
+        if floor < self.min_std:
+            floor = self.min_std
         if std < floor:
             std = floor
-        if std < 1e-9:
-            # only a value and baseline of exactly 0, or both floors set to 0, get here
-            std = 1e-9
         z = (fast - mean) / (std * self.scale)
         az = z if z >= 0 else -z
         finding = None
-        if az > cfg.z:
+        zlim = self.zlim
+        if az > zlim:
+            cfg = self.cfg
             if not self.alarmed:
                 self.alarmed = True
                 finding = Finding(
@@ -217,7 +236,7 @@ class FieldMonitor:
                     f"{self.path} averages {fast:.6g} against a baseline of "
                     f"{mean:.6g} (z={z:+.1f}, limit {cfg.z:g})",
                 )
-        elif az < cfg.z / 2:
+        elif az < zlim / 2:
             self.alarmed = False
         d = x - mean
         bound = 4.0 * std
@@ -225,7 +244,7 @@ class FieldMonitor:
             d = bound
         elif d < -bound:
             d = -bound
-        a = cfg.alpha_slow
+        a = self.cfg.alpha_slow
         self.mean = mean + a * d
         b = a * 0.1
         self.var = (1.0 - b) * (self.var + b * d * d)

@@ -72,8 +72,12 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
     float_int = "integer" in types and "number" not in types
     lo, hi, enum, max_len, required = fr.min, fr.max, fr.enum, fr.max_length, fr.required
     # as in JSON Schema, numbers compare by value (1.0 is 1) but a boolean is never a number;
-    # Python's set would take 1 for True, so members are (kind, value) pairs
-    allowed = {_enum_key(v) for v in enum} if enum is not None else None
+    # Python's sets take 1 for True, so each JSON kind has its own set
+    allowed = enum is not None
+    members = enum or []
+    enum_str = frozenset(v for v in members if type(v) is str)
+    enum_num = frozenset(v for v in members if type(v) is int or type(v) is float)
+    enum_other = {(type(v), v) for v in members if type(v) is bool or v is None}
     ranged = lo is not None or hi is not None
     first = parts[0]
     nested = parts[1:]
@@ -98,15 +102,14 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
                 return f"fields: {path} = {v} is below the minimum {lo:g}"
             if hi is not None and v > hi:
                 return f"fields: {path} = {v} is above the maximum {hi:g}"
-        if allowed is not None and (
-            (
-                (_NUMBER, v)
-                if tv is int or tv is float
-                else None
-                if tv is list or tv is dict
-                else (tv, v)
-            )
-            not in allowed
+        if allowed and not (
+            v in enum_str
+            if tv is str
+            else v in enum_num
+            if tv is int or tv is float
+            else (tv, v) in enum_other
+            if tv is bool or v is None
+            else False  # arrays and objects: never members of a list of scalars
         ):
             shown = v if len(repr(v)) <= 40 else repr(v)[:40] + "..."
             return f"fields: {path} = {shown!r} is not one of the allowed values"
@@ -115,13 +118,6 @@ def _field_check(path: str, fr: FieldRule) -> Callable[[Any], str | None]:
         return None
 
     return check
-
-
-_NUMBER = "number"
-
-
-def _enum_key(v: object) -> tuple[object, object]:
-    return (_NUMBER, v) if type(v) is int or type(v) is float else (type(v), v)
 
 
 def _json_type(v: Any) -> str:
