@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv lint typecheck unit test bench kafka-fetch clean
+.PHONY: help venv lint typecheck unit test bench kafka-fetch demo clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 14
@@ -36,6 +36,9 @@ bench: $(STAMP)  ## run every benchmark (each prints one JSON object)
 
 kafka-fetch:  ## download the Kafka broker jars from Maven Central into ~/.cache/diode
 	scripts/kafka fetch
+
+demo: $(STAMP)  ## the whole diode on this machine (scripts/demo; DEMO_ARGS="--loss 0.02")
+	scripts/demo $(DEMO_ARGS)
 
 clean:  ## remove the venv and caches (not the Kafka jar cache)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis *.egg-info

@@ -119,7 +119,7 @@ defaults:
 rules:
   - id: line-telemetry
     description: Process values of the filling lines, from the historian bridge.
-    match: {{regex: "{ns_re}plant\\\\.line[0-9]+\\\\.telemetry"}}
+    match: {{regex: '{ns_re}plant\\.line[0-9]+\\.telemetry'}}
     prefix: "ot."
     max_bytes: 2048
     required_headers: [source]
@@ -357,7 +357,7 @@ class Child:
 
     @property
     def running(self) -> bool:
-        return self.exit_code is None and self._reap(0) is None
+        return self.exit_code is None and self._reap(os.WNOHANG) is None
 
     def _reap(self, flags: int) -> int | None:
         if self.exit_code is not None:
@@ -419,6 +419,10 @@ def spawn(name: str, argv: Sequence[str], log: Path, *, stdout: int | None = Non
 
 def diode_cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "diode", *args]
+
+
+#: environment of the CLI calls whose output is shown: wide enough that tables do not wrap
+CLI_ENV = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1"}
 
 
 def wait_for_line(child: Child, pattern: str, timeout: float) -> re.Match[str]:
@@ -796,7 +800,7 @@ def _toml_protocol(p: ProtocolChoice) -> str:
         "[protocol]\n"
         "payload_size = 1472\n"
         f"k = {p.k}\nm = {p.m}\n"
-        'codec = "zfec"\ncipher = "aes-256-gcm"\ninterleave = 4\n'
+        "interleave = 4\n"
         f"linger_ms = {p.linger_ms}\n"
     )
 
@@ -970,6 +974,7 @@ class Demo:
         self.udp_port = 0
         self.receiver_port = 0
         self.relay_counters: dict[str, Any] | None = None
+        self.sender_started_at = 0.0
 
     # -- setup
     def setup(self) -> None:
@@ -1006,6 +1011,10 @@ class Demo:
         create_topics(
             self.ot, [(t.name, t.partitions) for t in topics] + [(quarantine_topic(self.ns), 1)]
         )
+        # the IT topics too, with their source's partition count: a receiver that creates a
+        # target on its first record sizes it by that record's partition, and a later record
+        # of a higher partition then waits for the producer's metadata refresh (minutes)
+        create_topics(self.it, [(t.target, t.partitions) for t in topics if t.target])
         self.topics = topics
         self.say(
             f"  keys in {keys}, policy {self.policy}, {len(topics)} OT topics"
@@ -1052,6 +1061,7 @@ class Demo:
             o.protocol,
             o.link_mbit,
         )
+        self.sender_started_at = time.monotonic()
         sender = self._spawn(
             "sender", diode_cli("sender", "run", "--config", str(scfg)), "sender.log"
         )
@@ -1065,6 +1075,8 @@ class Demo:
     def _spawn(self, name: str, argv: list[str], log: str) -> Child:
         child = spawn(name, argv, self.work / log)
         self.children[name] = child
+        with (self.work / "pids").open("a") as f:
+            f.write(f"{child.proc.pid}\n")
         self.stack.push(name, child.stop)
         return child
 
@@ -1090,7 +1102,7 @@ class Demo:
                 while made < due:
                     producer.produce(plant.next(wall_ms))
                     made += 1
-                self._check_alive()
+                self.check_alive()
                 if watch is not None and now >= next_report:
                     on_it = sum(watch.counts(targets).values())
                     self.say(
@@ -1119,7 +1131,7 @@ class Demo:
             raise DemoError(f"{left + self.ledger.failed} records could not be produced to OT")
         return time.monotonic() - began
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for child in self.children.values():
             if not child.running:
                 raise DemoError(f"{child.name} exited with {child.exit_code}:\n{child.tail()}")
@@ -1134,7 +1146,7 @@ class Demo:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                self._check_alive()
+                self.check_alive()
                 have = watch_it.counts(list(want))
                 q = watch_ot.counts([qt])[qt]
                 if all(have[t] >= n for t, n in want.items()) and q >= want_q:
@@ -1182,6 +1194,7 @@ class Demo:
                 text=True,
                 check=False,
                 cwd=ROOT,
+                env=CLI_ENV,
             )
             ver = subprocess.run(
                 diode_cli("audit", "verify", str(log), "--key", str(keys / key)),
@@ -1383,6 +1396,18 @@ def build_summary(
     }
 
 
+def _stats_sections(text: str) -> list[str]:
+    """The summary line and the tables of ``diode audit stats``, less the long ones."""
+    out: list[str] = []
+    skipping = False
+    for line in text.splitlines():
+        if line and line[0] not in " \u2502\u250f\u2503\u2521\u2514\u2517":
+            skipping = line.startswith(("entries per actor", "entries per topic"))
+        if not skipping:
+            out.append(line.rstrip())
+    return out
+
+
 def print_summary(s: dict[str, Any], say: Callable[[str], None]) -> None:
     say("")
     say(f"produced on OT ({s['produced_total']} records):")
@@ -1408,8 +1433,8 @@ def print_summary(s: dict[str, Any], say: Callable[[str], None]) -> None:
     say(f"gaps: {s['gaps']} ({s['records_lost']} records lost); datagrams rejected: {rejected}")
     for side in ("sender", "receiver"):
         a = s["audit"][side]
-        say(f"\n$ diode audit stats {a['log']}   (last lines)")
-        say("\n".join("  " + line for line in a["stats_text"].splitlines()[-12:]))
+        say(f"\n$ diode audit stats {a['log']}   (per actor and per topic left out)")
+        say("\n".join("  " + line for line in _stats_sections(a["stats_text"])))
         say(f"$ diode audit verify {a['log']} --key ...")
         say("\n".join("  " + line for line in a["verify"].splitlines()))
     say("")
@@ -1437,6 +1462,45 @@ def keep_note(demo: Demo, say: Callable[[str], None]) -> None:
 
 
 # ---------------------------------------------------------------------------- CLI
+
+
+def simulate(bootstrap: str, rate: float, seconds: float, seed: int) -> int:
+    """Produce plant records to ``bootstrap`` until stopped (the compose plant-simulator)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    topics = plant_topics()
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            create_topics(bootstrap, [(t.name, t.partitions) for t in topics])
+            create_topics(bootstrap, [(quarantine_topic(), 1)])
+            break
+        except DemoError as exc:
+            if time.monotonic() > deadline:
+                raise
+            print(f"waiting for Kafka at {bootstrap}: {exc}", file=sys.stderr, flush=True)
+            time.sleep(2)
+    plant = Plant(seed)
+    ledger = Ledger()
+    producer = PlantProducer(bootstrap, ledger)
+    began = time.monotonic()
+    made = 0
+    next_report = began + 10
+    try:
+        while seconds <= 0 or time.monotonic() - began < seconds:
+            elapsed = time.monotonic() - began
+            while made < int(elapsed * rate) + 1:
+                producer.produce(plant.next(int(time.time() * 1000)))
+                made += 1
+            if time.monotonic() >= next_report:
+                print(f"produced {made} plant records to {bootstrap}", flush=True)
+                next_report += 10
+                ledger.records.clear()  # only the counts matter here
+            time.sleep(0.01)
+    except KeyboardInterrupt:
+        pass
+    producer.flush(30)
+    print(f"produced {made} plant records to {bootstrap}; stopped", flush=True)
+    return 0
 
 
 def peek(bootstrap: str, topic: str, n: int) -> int:
@@ -1537,6 +1601,21 @@ def main(argv: Sequence[str]) -> int:
         pp.add_argument("-n", type=int, default=5, help="how many of the last records")
         q = pp.parse_args(args_list[1:])
         return peek(q.bootstrap, q.topic, q.n)
+    if args_list[:1] == ["policy"]:
+        pol = argparse.ArgumentParser(prog="scripts/demo policy")
+        pol.add_argument("--out", type=Path, required=True)
+        pol.add_argument("--namespace", default="")
+        q2 = pol.parse_args(args_list[1:])
+        write_policy(q2.out, q2.namespace)
+        return 0
+    if args_list[:1] == ["simulate"]:
+        sim = argparse.ArgumentParser(prog="scripts/demo simulate")
+        sim.add_argument("--bootstrap", required=True)
+        sim.add_argument("--rate", type=_positive, default=200.0)
+        sim.add_argument("--seconds", type=float, default=0.0, help="0: until stopped")
+        sim.add_argument("--seed", type=int, default=1)
+        q3 = sim.parse_args(args_list[1:])
+        return simulate(q3.bootstrap, q3.rate, q3.seconds, q3.seed)
     if args_list[:1] == ["stop"]:
         sp = argparse.ArgumentParser(prog="scripts/demo stop")
         sp.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR)
