@@ -105,7 +105,9 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 
     Every problem is printed as FILE:LINE: message: unknown or missing keys, wrong types,
     bad or too costly regexes, missing or invalid JSON Schema files, rules that overlap with
-    different actions, quarantine topics a forwarding rule would pick up.
+    different actions (or are too complex to be shown not to), quarantine topics a
+    forwarding rule would pick up, rate settings that could never work (burst_bytes below
+    max_bytes; a rate on a drop or quarantine rule).
 
     \b
     Example:

@@ -334,6 +334,29 @@ class KafkaSink:
         except KafkaException as exc:
             raise KafkaError(f"produce to {topic}[{partition}] failed: {exc}") from exc
 
+    def refresh_metadata(self, topic: str, partitions: int, timeout: float = 10.0) -> int:
+        """Make the producer see at least ``partitions`` partitions of ``topic``.
+
+        A topic created or grown through the admin API is invisible to a producer until its
+        metadata cache refreshes (5 minutes by default); producing to a new partition before
+        that fails with ``_UNKNOWN_PARTITION``. A metadata request for the topic updates the
+        cache. Returns the partition count the producer sees (which may still be smaller if
+        the cluster has not propagated the change within ``timeout``).
+        """
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            try:
+                md = self._producer.list_topics(topic=topic, timeout=max(0.1, min(2.0, timeout)))
+                meta = md.topics.get(topic)
+                if meta is not None and meta.error is None:
+                    seen = len(meta.partitions)
+            except KafkaException as exc:
+                log.warning("metadata of %s: %s", topic, exc)
+            if seen >= partitions or time.monotonic() >= deadline:
+                return seen
+            time.sleep(0.05)
+
     def poll(self, timeout: float = 0.0) -> int:
         """Serve delivery callbacks; returns how many were served."""
         return int(self._producer.poll(timeout))

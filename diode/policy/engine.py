@@ -512,8 +512,9 @@ class PolicyEngine:
         return dict(self._blocked)
 
     def unblock(self, topic: str) -> bool:
-        """Let a blocked topic through again; True if it was blocked. The topic starts
-        afresh: full rate buckets, anomaly detectors back in warm-up."""
+        """Let a blocked topic through again; True if it was blocked. The topic's own state
+        starts afresh (its rate buckets, its anomaly detectors back in warm-up); a bucket
+        shared by a ``per: rule`` limit is kept."""
         was = self._blocked.pop(topic, None) is not None
         self._routes.pop(topic, None)
         return was

@@ -2,8 +2,10 @@
 
 Owns everything that needs the whole file or the disk: YAML parsing (ruamel.yaml, round-trip
 mode, so every node keeps its line), mapping each pydantic error location back to a line,
-regex cost checks, JSON Schema files, rules that overlap with different actions, quarantine
-topics that a forwarding rule would pick up again, and the policy fingerprint.
+regex cost checks, JSON Schema files, rules that overlap with different actions (or that
+the bounded overlap search cannot show apart: it fails closed), quarantine topics that a
+forwarding rule would pick up again, rate settings that could never work, and the policy
+fingerprint.
 """
 
 from __future__ import annotations

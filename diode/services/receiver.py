@@ -556,6 +556,9 @@ class ReceiverService:
             self.stats.topics_created += 1
         if have is None:
             return False
+        if have > partition:
+            # the producer learns of a new topic or partition only when its metadata refreshes
+            have = min(have, self.sink.refresh_metadata(target, partition + 1))
         self._partitions[target] = have
         return partition < have
 

@@ -241,7 +241,7 @@ def test_skewed_producer_is_one_finding_per_episode(engine_of: Engine) -> None:
 
 def test_flapping_clock_is_one_episode(engine_of: Engine) -> None:
     e = engine_of(SKEW)
-    found = []
+    found: list[Finding] = []
     for i in range(200):  # every other record skewed, polled every second
         now = NOW + i
         found += e.evaluate(raw("plant.plc", now + (120 if i % 2 else 0)), now).findings
@@ -251,7 +251,7 @@ def test_flapping_clock_is_one_episode(engine_of: Engine) -> None:
 
 def test_long_skew_episode_is_reported_periodically(engine_of: Engine) -> None:
     e = engine_of(SKEW)
-    reports = []
+    reports: list[Finding] = []
     for i in range(1000):  # one record a second, 2 hours behind, for 1000 s
         now = NOW + i
         reports += e.evaluate(raw("plant.plc", now - 7200), now).findings

@@ -315,7 +315,7 @@ def test_test_exit_code_counts_alert_as_not_forward(tmp_path: Path) -> None:
 def test_replay_exit_code(plant: Path, tmp_path: Path) -> None:
     t = NOW_MS / 1000
     good = {"topic": "plant.telemetry.boiler", "now": t, "headers": {"source": "plc"}}
-    good["value"] = {"tag": "TI-101", "value": 80.0, "unit": "degC"}  # type: ignore[assignment]
+    good["value"] = {"tag": "TI-101", "value": 80.0, "unit": "degC"}
     clean = tmp_path / "clean.jsonl"
     clean.write_text(json.dumps(good) + "\n")
     assert run("replay", str(plant), "--records", str(clean), "--exit-code")[0] == 0

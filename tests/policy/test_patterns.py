@@ -178,7 +178,9 @@ def test_emptiness_needs_no_product_search(monkeypatch: pytest.MonkeyPatch) -> N
         (r"Passw\xc3\xb6rter", ["Passwörter"], ["Passworter"]),
     ],
 )
-def test_non_ascii_deny_patterns_match_utf8(pattern: str, hits: list[str], misses: list[str]) -> None:
+def test_non_ascii_deny_patterns_match_utf8(
+    pattern: str, hits: list[str], misses: list[str]
+) -> None:
     rx = compile_deny_pattern(pattern)
     for text in hits:
         assert rx.search(text.encode()), (pattern, text)

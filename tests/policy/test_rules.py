@@ -460,4 +460,4 @@ def test_non_ascii_deny_pattern_matches_utf8_values(engine_of: Engine, make_reco
     assert d.action is Action.DROP and d.reasons[0].startswith("deny: value matches")
     d = e.evaluate(make_record("t", b"ok", headers=(("x", "PASSWORT=Über".encode()),)), NOW)
     assert d.action is Action.DROP
-    assert e.evaluate(make_record("t", "Passwort: nein".encode()), NOW).crosses
+    assert e.evaluate(make_record("t", b"Passwort: nein"), NOW).crosses
