@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, Final
@@ -53,6 +54,7 @@ from diode.protocol.crypto import (
     SIGNATURE_SIZE,
     TAG_SIZE,
     WRAPPED_KEY_SIZE,
+    Buffer,
     Cipher,
 )
 from diode.protocol.events import PartitionMark
@@ -96,7 +98,8 @@ class ProtocolConfig:
     """What both ends must agree on; the receiver rejects datagrams of a different config.
 
     ``k``/``m`` are the source/repair symbols of a full block; a block closed early by
-    ``linger`` is shorter and gets ``ceil(k' * m / k)`` repair symbols, the same ratio.
+    ``linger`` is shorter and gets ``ceil(k' * m / k)`` repair symbols, the same ratio, but at
+    least ``min(m, 2)``; ``m`` may not exceed ``k``.
     """
 
     payload_size: int = 1472
@@ -127,6 +130,13 @@ class ProtocolConfig:
             problems.append(f"k={self.k}: a block needs at least 1 source symbol")
         if self.m < 0:
             problems.append(f"m={self.m} is negative")
+        elif self.m > self.k:
+            # the receiver refuses blocks with more than k+1 repair symbols (a shape no
+            # honest sender makes); a ratio above 100% would make every long block such
+            problems.append(
+                f"m={self.m} exceeds k={self.k}: at most one repair symbol per source symbol "
+                "(for a lossier link, raise both k and m, or the interleave depth)"
+            )
         if self.interleave < 1:
             problems.append(f"interleave {self.interleave} must be at least 1")
         for name in ("linger", "heartbeat_interval", "announce_interval", "manifest_interval"):
@@ -168,10 +178,16 @@ class ProtocolConfig:
         return room - room % codec.symbol_alignment
 
     def repair_for(self, k: int) -> int:
-        """Repair symbols for a block of ``k`` source symbols: the configured ratio, rounded up."""
+        """Repair symbols for a block of ``k`` source symbols: the configured ratio, rounded up.
+
+        Short blocks (closed by ``linger`` at low rates) get at least ``min(m, 2)``: with the
+        bare ratio a one-symbol block would get one repair symbol and be lost whenever both
+        datagrams are, p^2 per block; two cost a few datagrams and make it p^3. Never more
+        than ``k + 1``, which the receiver checks.
+        """
         if self.m == 0:
             return 0
-        return max(1, math.ceil(k * self.m / self.k))
+        return max(min(self.m, 2), math.ceil(k * self.m / self.k))
 
     @property
     def fingerprint(self) -> int:
@@ -435,6 +451,45 @@ def manifest_signed_message(session_id: bytes, sequence: int, body: bytes) -> by
 
 def unpack_manifest(plain: bytes, *, max_entries: int) -> tuple[bytes, list[ManifestEntry], bytes]:
     """Split a decrypted manifest into (signed body, entries, signature)."""
+    parsed = parse_manifest(plain, max_entries=max_entries)
+    entries = [
+        ManifestEntry(block, digest, tuple(Range(*rng) for rng in ranges))
+        for block, digest, ranges in parsed.entries
+    ]
+    return parsed.body, entries, parsed.signature
+
+
+#: a ``Range`` as a plain tuple: (topic, partition, first offset, last offset, count)
+RangeTuple = tuple[str, int, int, int, int]
+#: a ``ManifestEntry`` as a plain tuple: (block, digest, ranges). The receiver reads a few
+#: thousand ranges a second; building frozen dataclasses for them cost more than the parse
+EntryTuple = tuple[int, bytes, tuple[RangeTuple, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedManifest:
+    """A decrypted manifest, checked whole; ``entries`` only those the caller wanted."""
+
+    body: bytes
+    signature: bytes
+    #: the block number of every entry, in manifest order
+    blocks: list[int]
+    entries: list[EntryTuple]
+
+
+_ENTRY_HEAD_SIZE: Final = _ENTRY_HEAD.size
+_RANGE_SIZE: Final = _RANGE.size
+
+
+def parse_manifest(
+    plain: bytes, *, max_entries: int, wanted: Callable[[int], bool] | None = None
+) -> ParsedManifest:
+    """Parse and check a decrypted manifest: signed body, signature, entries.
+
+    Every entry and range is checked, but entries are kept only for the blocks ``wanted``
+    accepts (all if None): each entry is repeated in several manifests and a receiver needs
+    only those new to it.
+    """
     if len(plain) < SIGNATURE_SIZE:
         raise DecodeError(f"manifest of {len(plain)} bytes is shorter than its signature")
     body, signature = plain[:-SIGNATURE_SIZE], plain[-SIGNATURE_SIZE:]
@@ -443,22 +498,40 @@ def unpack_manifest(plain: bytes, *, max_entries: int) -> tuple[bytes, list[Mani
     (count,) = r.unpack(_MANIFEST_HEAD, "entry count")
     if count > max_entries:
         raise DecodeError(f"manifest lists {count} blocks, exceeds limit {max_entries}")
-    entries: list[ManifestEntry] = []
+    ntopics = len(topics)
+    end = len(body)
+    pos = r.pos
+    entry_head = _ENTRY_HEAD.unpack_from
+    range_at = _RANGE.unpack_from
+    blocks: list[int] = []
+    entries: list[EntryTuple] = []
     for _ in range(count):
-        block, digest, nranges = r.unpack(_ENTRY_HEAD, "entry")
-        if nranges * _RANGE.size > len(body) - r.pos:
+        if end - pos < _ENTRY_HEAD_SIZE:
+            raise DecodeError(
+                f"manifest: entry needs {_ENTRY_HEAD_SIZE} bytes at offset {pos}, "
+                f"only {end - pos} left"
+            )
+        block, digest, nranges = entry_head(body, pos)
+        pos += _ENTRY_HEAD_SIZE
+        if nranges * _RANGE_SIZE > end - pos:
             raise DecodeError(f"manifest entry announces {nranges} ranges, body too short")
-        ranges = []
+        blocks.append(block)
+        keep = wanted is None or wanted(block)
+        ranges: list[RangeTuple] = []
         for _ in range(nranges):
-            tix, partition, first, last, n = r.unpack(_RANGE, "range")
-            if tix >= len(topics):
-                raise DecodeError(f"manifest range names topic {tix} of {len(topics)}")
+            tix, partition, first, last, n = range_at(body, pos)
+            pos += _RANGE_SIZE
+            if tix >= ntopics:
+                raise DecodeError(f"manifest range names topic {tix} of {ntopics}")
             if first > last or n < 1 or n > last - first + 1:
                 raise DecodeError(f"manifest range {first}..{last} count {n} is inconsistent")
-            ranges.append(Range(topics[tix], partition, first, last, n))
-        entries.append(ManifestEntry(block, bytes(digest), tuple(ranges)))
-    r.done()
-    return body, entries, signature
+            if keep:
+                ranges.append((topics[tix], partition, first, last, n))
+        if keep:
+            entries.append((block, digest, tuple(ranges)))
+    if pos != end:
+        raise DecodeError(f"manifest: {end - pos} bytes after the end")
+    return ParsedManifest(body, signature, blocks, entries)
 
 
 # ---- heartbeat
@@ -539,8 +612,11 @@ BLOCK_HEADER: Final = struct.Struct(">IIIBxH")  # batch length, raw length, reco
 BLOCK_HEADER_SIZE: Final = BLOCK_HEADER.size
 
 
-def unpack_block(block: bytes, *, max_size: int) -> tuple[bytes, int, int, Compression]:
-    """Split a rebuilt block into (batch, raw length, record count, compression)."""
+def unpack_block(block: Buffer, *, max_size: int) -> tuple[Buffer, int, int, Compression]:
+    """Split a rebuilt block into (batch, raw length, record count, compression).
+
+    The batch is a slice of ``block``, of its type: a memoryview stays a view, no copy.
+    """
     if len(block) < BLOCK_HEADER_SIZE:
         raise DecodeError(f"block of {len(block)} bytes is shorter than its header")
     length, raw_length, count, method, reserved = BLOCK_HEADER.unpack_from(block)

@@ -176,11 +176,16 @@ def test_config_fingerprint_and_validation() -> None:
     assert ProtocolConfig(cipher=Cipher.CHACHA20_POLY1305).fingerprint != CFG.fingerprint
     assert CFG.symbol_size == 1472 - HEADER_SIZE - 16
     assert ProtocolConfig(payload_size=8972).symbol_size == 8972 - HEADER_SIZE - 16
-    assert CFG.repair_for(32) == 8 and CFG.repair_for(1) == 1 and CFG.repair_for(5) == 2
+    assert CFG.repair_for(32) == 8 and CFG.repair_for(5) == 2 and CFG.repair_for(12) == 3
+    # short blocks get two repair symbols, never more than k+1
+    assert CFG.repair_for(1) == 2
+    assert ProtocolConfig(k=8, m=1).repair_for(1) == 1
+    assert all(ProtocolConfig(k=16, m=16).repair_for(n) <= n + 1 for n in range(1, 201))
     for bad in (
         dict(payload_size=100),
         dict(k=0),
         dict(m=-1),
+        dict(k=8, m=16),
         dict(linger=0.0),
         dict(max_block_symbols=250),
         dict(codec="nope"),
