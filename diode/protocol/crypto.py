@@ -365,11 +365,14 @@ class SessionCipher:
     ``seal`` returns ciphertext followed by the 16-byte tag. ``open`` raises
     ``AuthenticationError`` for any bad tag and says nothing else, so a forger learns nothing.
     ``decrypt`` is ``open`` without the translation (it raises ``TagMismatch``), for a
-    caller that saves the Python frame per datagram. All accept bytes-like objects, so
-    callers can pass memoryview slices without copying.
+    caller that saves the Python frame per datagram; ``decrypt_into`` writes the plaintext
+    into a caller's buffer of exactly the plaintext's length instead of returning bytes
+    (if the tag fails, that buffer may hold unauthenticated bytes: the caller must treat it
+    as unwritten). All accept bytes-like objects, so callers can pass memoryview slices
+    without copying.
     """
 
-    __slots__ = ("_aead", "cipher", "decrypt", "seal")
+    __slots__ = ("_aead", "cipher", "decrypt", "decrypt_into", "seal")
 
     def __init__(self, cipher: Cipher, key: bytes) -> None:
         if len(key) != SESSION_KEY_SIZE:
@@ -388,6 +391,18 @@ class SessionCipher:
         # bound method kept as an attribute: the sender calls it once per datagram
         self.seal: Callable[[bytes, Buffer, Buffer | None], bytes] = aead.encrypt
         self.decrypt: Callable[[bytes, Buffer, Buffer | None], bytes] = aead.decrypt
+        # cryptography >= 45 decrypts in place, saving an allocation and a copy per datagram
+        into = getattr(aead, "decrypt_into", None)
+        self.decrypt_into: Callable[[bytes, Buffer, Buffer | None, memoryview], int] = (
+            into if into is not None else self._decrypt_copy
+        )
+
+    def _decrypt_copy(self, nonce: bytes, data: Buffer, aad: Buffer | None, out: memoryview) -> int:
+        plain = self._aead.decrypt(nonce, data, aad)
+        if len(plain) != len(out):
+            raise ValueError(f"buffer must be {len(plain)} bytes")
+        out[:] = plain
+        return len(plain)
 
     def open(self, nonce: bytes, data: Buffer, aad: Buffer) -> bytes:
         try:

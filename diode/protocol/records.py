@@ -21,6 +21,8 @@ from diode.errors import DecodeError, LocalProtocolError
 
 #: a Kafka header: name and value; the value may be null
 Header = tuple[str, bytes | None]
+#: what the decoders read: a rebuilt block is a view of the receiver's buffer, not a copy
+Buffer = bytes | bytearray | memoryview
 
 
 class Record(msgspec.Struct, frozen=True, array_like=True, gc=False, forbid_unknown_fields=True):
@@ -76,13 +78,11 @@ MIN_TIMESTAMP: Final = -1
 _TOPIC_RE: Final = re.compile(r"[a-zA-Z0-9._-]+")
 
 # Record's field types with the limits above, so decoding checks them at C speed;
-# ``_LooseRecord`` decodes without them, only to name what a refused batch got wrong
-_Topic = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1, max_length=MAX_TOPIC_LENGTH, pattern=r"^(?!\.\.?\Z)[a-zA-Z0-9._-]+\Z"
-    ),
-]
+# ``_LooseRecord`` decodes without them, only to name what a refused batch got wrong.
+# The topic's characters are not a msgspec pattern: that runs a regex on every record (a
+# third of the decode time), where ``decode_batch`` checks each distinct topic of a batch
+# once, through the cached ``_legal_topic``
+_Topic = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TOPIC_LENGTH)]
 _Partition = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTITION)]
 _Offset = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT64)]
 _Timestamp = Annotated[int, msgspec.Meta(ge=MIN_TIMESTAMP, le=MAX_INT64)]
@@ -137,7 +137,7 @@ def join_encoded(encoded: Sequence[bytes]) -> bytes:
     return b"".join((batch_header(len(encoded)), *encoded))
 
 
-def _batch_length(data: bytes) -> int:
+def _batch_length(data: Buffer) -> int:
     """The record count announced by a batch's array header, read before decoding."""
     if not data:
         raise DecodeError("record batch is empty: no MessagePack array header")
@@ -186,7 +186,7 @@ def _record_problem(index: int, record: Record | _LooseRecord) -> DecodeError:
     )
 
 
-def decode_batch(data: bytes, *, max_records: int) -> list[Record]:
+def decode_batch(data: Buffer, *, max_records: int) -> list[Record]:
     """Decode and validate a batch; raise ``DecodeError`` (only) for anything malformed.
 
     The announced record count is checked against ``max_records`` before anything is
@@ -196,13 +196,21 @@ def decode_batch(data: bytes, *, max_records: int) -> list[Record]:
     count = _batch_length(data)
     if count > max_records:
         raise DecodeError(f"record batch announces {count} records, exceeds limit {max_records}")
+    failure: Exception
     try:
-        return _decoder.decode(data)
+        records: list[Record] = _decoder.decode(data)
     except msgspec.ValidationError as exc:
-        failure: Exception = exc
+        failure = exc
     except (msgspec.DecodeError, ValueError) as exc:
         # ValueError: msgspec lets UnicodeDecodeError through for a str that is not UTF-8
         raise DecodeError(f"record batch is malformed: {exc}") from exc
+    else:
+        # few distinct topics per batch: one cached verdict each instead of a regex per record
+        bad = [topic for topic in {r.topic for r in records} if not _legal_topic(topic)]
+        if bad:
+            index = next(i for i, r in enumerate(records) if r.topic in bad)
+            raise _record_problem(index, records[index])
+        return records
     # a field outside its limits, or of the wrong type: decode again without the limits
     # to name the record and the problem
     try:
@@ -230,7 +238,7 @@ def compress(data: bytes, method: Compression) -> bytes:
     raise LocalProtocolError(f"unknown compression method {method!r}")
 
 
-def decompress(data: bytes, method: Compression, *, max_size: int) -> bytes:
+def decompress(data: Buffer, method: Compression, *, max_size: int) -> Buffer:
     """Undo ``compress``; raise ``DecodeError`` if the output would exceed ``max_size``.
 
     Never inflates more than ``max_size + 1`` bytes, whatever the input claims: a small

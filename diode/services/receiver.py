@@ -375,8 +375,8 @@ class ReceiverService:
         wait = _MAX_WAIT if timer is None else min(_MAX_WAIT, max(0.0, timer - now))
         datagrams = self._udp.recv_batch(1024, wait)
         now = self._clock()
-        for d in datagrams:
-            self.session.receive_datagram(d, now)
+        if datagrams:
+            self.session.receive_datagrams(datagrams, now)
         self.stats.datagrams += len(datagrams)
         timer = self.session.next_timer()
         if timer is not None and now >= timer:

@@ -11,11 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from diode.errors import DecodeError, FECError
+from diode.protocol.crypto import Cipher, SessionCipher, TagMismatch
 from diode.protocol.fec import CODECS, FecWorker, get_codec
 from diode.protocol.receiver import ReceiverSession
 from diode.protocol.records import Record, decode_batch, encode_batch
 from diode.protocol.sender import SenderSession
-from diode.protocol.wire import ProtocolConfig
+from diode.protocol.wire import (
+    ManifestEntry,
+    ProtocolConfig,
+    Range,
+    pack_manifest_entries,
+    parse_manifest,
+)
 from tests.protocol.sessionkit import RECEIVER, SIGNING, records_for
 
 
@@ -180,3 +187,51 @@ def test_batch_limits_checked_while_decoding_name_the_record(topic: str, message
     with pytest.raises(DecodeError, match=rf"record 2: .*{message}"):
         decode_batch(encode_batch([good, good, bad]), max_records=10)
     assert decode_batch(encode_batch([good, good]), max_records=10) == [good, good]
+
+
+def test_batch_topic_check_names_the_first_bad_record_of_several() -> None:
+    good = Record("plant.a", 0, 1, 0, None, b"v")
+    batch = [good, Record("..", 0, 2, 0, None, b"v"), good, Record("a b", 0, 3, 0, None, b"v")]
+    with pytest.raises(DecodeError, match=r"record 1: topic '\.\.' is not a legal"):
+        decode_batch(encode_batch(batch), max_records=10)
+    with pytest.raises(DecodeError, match=r"record 2: topic 'a b' is not a legal"):
+        decode_batch(encode_batch([good, good, *batch[3:], batch[1]]), max_records=10)
+    # a view of a larger buffer decodes like bytes (the receiver decodes blocks in place)
+    data = encode_batch([good, good])
+    assert decode_batch(memoryview(b"xx" + data)[2:], max_records=2) == [good, good]
+
+
+def test_parse_manifest_checks_every_entry_but_keeps_only_the_wanted() -> None:
+    entries = [
+        ManifestEntry(b, bytes([b]) * 32, (Range("a", 1, 10 * b, 10 * b + 5, 3),)) for b in range(5)
+    ]
+    body = pack_manifest_entries(entries)
+    parsed = parse_manifest(body + b"s" * 64, max_entries=10, wanted=lambda b: b % 2 == 1)
+    assert parsed.blocks == [0, 1, 2, 3, 4]
+    assert parsed.body == body and parsed.signature == b"s" * 64
+    assert [(e[0], e[1], tuple(Range(*r) for r in e[2])) for e in parsed.entries] == [
+        (e.block, e.digest, e.ranges) for e in entries if e.block % 2 == 1
+    ]
+    # an inconsistent range in an entry nobody wants still refuses the manifest
+    bad = pack_manifest_entries([*entries, ManifestEntry(9, b"d" * 32, (Range("a", 1, 9, 5, 1),))])
+    with pytest.raises(DecodeError, match="inconsistent"):
+        parse_manifest(bad + b"s" * 64, max_entries=10, wanted=lambda b: False)
+    for cut in range(0, len(body), 5):
+        with pytest.raises(DecodeError):
+            parse_manifest(body[:cut] + b"s" * 64, max_entries=10, wanted=lambda b: False)
+
+
+@pytest.mark.parametrize("cipher", list(Cipher))
+def test_decrypt_into_equals_decrypt_with_or_without_library_support(cipher: Cipher) -> None:
+    sealer = SessionCipher(cipher, b"k" * 32)
+    nonce, aad = bytes(12), b"header"
+    sealed = sealer.seal(nonce, b"p" * 100, aad)
+    for into in (sealer.decrypt_into, sealer._decrypt_copy):
+        out = memoryview(bytearray(120))
+        assert into(nonce, sealed, aad, out[10:110]) == 100
+        assert bytes(out[10:110]) == sealer.decrypt(nonce, sealed, aad)
+        assert bytes(out[:10]) == bytes(10) and bytes(out[110:]) == bytes(10)
+        with pytest.raises(TagMismatch):
+            into(nonce, sealed[:-1] + bytes([sealed[-1] ^ 1]), aad, out[10:110])
+        with pytest.raises(ValueError, match="100"):
+            into(nonce, sealed, aad, out[:99])

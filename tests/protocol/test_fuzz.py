@@ -100,3 +100,56 @@ def test_flood_of_valid_looking_headers_keeps_state_bounded() -> None:
     assert rejected["authentication"] >= 6_000
     assert rejected["rate-limited"] > 0 and rejected["unknown-key"] > 0
     assert len(VALID[0]) > HEADER_SIZE
+
+
+@given(st.lists(st.binary(max_size=1600), max_size=20), st.integers(1, 8))
+@settings(max_examples=150, deadline=None)
+def test_any_bytes_in_batches_become_events_never_exceptions(
+    datagrams: list[bytes], size: int
+) -> None:
+    receiver = fresh()
+    for i in range(0, len(datagrams), size):
+        receiver.receive_datagrams(datagrams[i : i + size], float(i))
+        receiver.poll(float(i))
+    events = receiver.events()
+    assert not any(isinstance(e, RecordsDelivered) for e in events)
+    rejected = sum(1 for e in events if isinstance(e, DatagramRejected))
+    assert rejected <= len(datagrams) and receiver.counters().datagrams == len(datagrams)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 1600), st.integers(1, 255)),
+        max_size=30,
+    ),
+    st.integers(0, 2**32),
+    st.integers(1, 64),
+)
+@settings(max_examples=100, deadline=None)
+def test_mutated_datagrams_in_batches_match_one_by_one(
+    mutations: list[tuple[int, int, int]], seed: int, size: int
+) -> None:
+    rng = random.Random(seed)
+    datagrams = list(VALID)
+    for which, pos, xor in mutations:
+        buf = bytearray(datagrams[which])
+        if pos < len(buf):
+            buf[pos] ^= xor
+        else:
+            buf = buf[: pos % (len(buf) + 1)]
+        datagrams.insert(rng.randrange(len(datagrams) + 1), bytes(buf))  # and keep the original
+    rng.shuffle(datagrams)
+    one, many = fresh(), fresh()
+    for i in range(0, len(datagrams), size):
+        for d in datagrams[i : i + size]:
+            one.receive_datagram(d, i * 1e-4)
+        many.receive_datagrams(datagrams[i : i + size], i * 1e-4)
+    for t in range(1, 30):
+        one.poll(t * 0.1)
+        many.poll(t * 0.1)
+    events = many.events()
+    assert events == one.events()
+    assert many.counters() == one.counters()
+    delivered = [r for e in events if isinstance(e, RecordsDelivered) for r in e.records]
+    assert set(delivered) <= SENT
+    assert len(delivered) == len(set(delivered))
