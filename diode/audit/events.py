@@ -30,6 +30,11 @@ class AuditEvent(StrEnum):
     LINK_DOWN = "link_down"
     LINK_UP = "link_up"
     SPOOL_FULL = "spool_full"
+    RECORDS_DELIVERED = "records_delivered"
+    BLOCKS_LOST = "blocks_lost"
+    SESSION_END = "session_end"
+    POLICY_CHANGED = "policy_changed"
+    PROVENANCE_INCOMPLETE = "provenance_incomplete"
     # written by the log itself, never by callers:
     AUDIT_DROPPED = "audit_dropped"
     CHECKPOINT = "checkpoint"
@@ -67,6 +72,9 @@ REQUIRED_FIELDS: dict[str, frozenset[str]] = {
     AuditEvent.RECORD_REFUSED: frozenset({"topic", "partition", "offset", "rule", "reason"}),
     AuditEvent.RECORD_QUARANTINED: frozenset({"topic", "partition", "offset", "rule", "reason"}),
     AuditEvent.ANOMALY: frozenset({"detector", "reason"}),
+    AuditEvent.RECORDS_DELIVERED: frozenset(
+        {"topic", "partition", "first_offset", "last_offset", "count"}
+    ),
     AuditEvent.GAP: frozenset(
         {"topic", "partition", "first_offset", "last_offset", "count", "reason"}
     ),

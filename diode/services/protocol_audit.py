@@ -31,10 +31,9 @@ from diode.protocol.events import (
     SessionStarted,
 )
 
-#: audit events this module adds to the vocabulary of ``diode.audit.AuditEvent``
-RECORDS_DELIVERED = "records_delivered"
-BLOCKS_LOST = "blocks_lost"
-SESSION_END = "session_end"
+RECORDS_DELIVERED = AuditEvent.RECORDS_DELIVERED
+BLOCKS_LOST = AuditEvent.BLOCKS_LOST
+SESSION_END = AuditEvent.SESSION_END
 
 
 class ActorLog(Protocol):

@@ -128,3 +128,11 @@ def test_simulate_audit_log_accounts_for_every_lost_record(tmp_path: Path) -> No
     bad = CliRunner().invoke(main, ["audit", "verify", str(path), "--key", str(pub)])
     assert bad.exit_code == 1
     assert "edited" in bad.output
+
+
+def test_every_event_the_services_write_is_in_the_audit_vocabulary() -> None:
+    from diode.audit import AuditEvent
+    from diode.services import receiver
+
+    for name in (receiver.POLICY_CHANGED, receiver.PROVENANCE_INCOMPLETE, RECORDS_DELIVERED):
+        assert AuditEvent(name) == name  # `diode audit show --event NAME` accepts it
