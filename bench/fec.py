@@ -19,19 +19,18 @@ per source byte like the others. creedsolo is timed the same way when it is impo
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import random
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from _timing import median_rate, parse_args, print_report
 
 from diode.errors import FECError
 from diode.protocol.fec import CODECS, DEFAULT_CODEC, ErasureCodec, get_codec
@@ -42,18 +41,7 @@ SHAPES = ((32, 8), (64, 16))
 
 def _median_mbps(fn: Callable[[], object], source_bytes: int, runs: int, min_time: float) -> float:
     """Median over ``runs`` of MB/s, each run repeating ``fn`` for at least ``min_time``."""
-    rates = []
-    for _ in range(runs):
-        n = 0
-        began = time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - began
-            if elapsed >= min_time:
-                break
-        rates.append(source_bytes * n / elapsed / 1e6)
-    return round(statistics.median(rates), 2)
+    return round(median_rate(fn, source_bytes, runs, min_time) / 1e6, 2)
 
 
 def _parallel_mbps(
@@ -205,12 +193,7 @@ def _rs_kernel() -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: few, short runs")
-    parser.add_argument("--json", action="store_true", help="print JSON (the only format)")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    runs, min_time = (3, 0.05) if args.quick else (7, 0.3)
+    args, runs, min_time = parse_args(__doc__.splitlines()[0], argv)
     rs_runs, rs_columns = (1, 8) if args.quick else (3, 200)
     trials = 50 if args.quick else 400
     rng = random.Random(args.seed)
@@ -253,8 +236,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "results": results,
         "raptorq_decode_failures": failures,
     }
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_report(report)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,15 @@ and zlib at levels 1 and 6 on random values and on JSON telemetry values.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import random
-import statistics
-import sys
-import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import msgspec
+from _timing import median_rate, parse_args, print_report
 
 from diode.protocol.records import (
     Compression,
@@ -37,22 +34,6 @@ from diode.protocol.records import (
 
 BLOCK_BYTES = 32 * 1400
 VALUE_BYTES = 500
-
-
-def _median_rate(fn: Callable[[], object], units: int, runs: int, min_time: float) -> float:
-    """Median over ``runs`` of units/s, each run repeating ``fn`` for at least ``min_time``."""
-    rates = []
-    for _ in range(runs):
-        n = 0
-        began = time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - began
-            if elapsed >= min_time:
-                break
-        rates.append(units * n / elapsed)
-    return statistics.median(rates)
 
 
 def _records(rng: random.Random, json_values: bool) -> list[Record]:
@@ -97,18 +78,13 @@ def _zlib_row(payload: bytes, level: int, runs: int, min_time: float) -> dict[st
 
     return {
         "ratio": round(len(packed) / size, 3),
-        "compress_MBps": round(_median_rate(pack, size, runs, min_time) / 1e6, 1),
-        "decompress_MBps": round(_median_rate(unpack, size, runs, min_time) / 1e6, 1),
+        "compress_MBps": round(median_rate(pack, size, runs, min_time) / 1e6, 1),
+        "decompress_MBps": round(median_rate(unpack, size, runs, min_time) / 1e6, 1),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: few, short runs")
-    parser.add_argument("--json", action="store_true", help="print JSON (the only format)")
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    runs, min_time = (3, 0.05) if args.quick else (7, 0.3)
+    args, runs, min_time = parse_args(__doc__.splitlines()[0], argv)
     rng = random.Random(args.seed)
 
     batch = _records(rng, json_values=False)
@@ -124,13 +100,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     codec = {
         "records_per_batch": n,
         "batch_bytes": len(data),
-        "encode_record_join_per_s": round(_median_rate(sender_path, n, runs, min_time)),
-        "encode_batch_per_s": round(_median_rate(lambda: encode_batch(batch), n, runs, min_time)),
+        "encode_record_join_per_s": round(median_rate(sender_path, n, runs, min_time)),
+        "encode_batch_per_s": round(median_rate(lambda: encode_batch(batch), n, runs, min_time)),
         "decode_batch_per_s": round(
-            _median_rate(lambda: decode_batch(data, max_records=n), n, runs, min_time)
+            median_rate(lambda: decode_batch(data, max_records=n), n, runs, min_time)
         ),
         "msgspec_decode_unvalidated_per_s": round(
-            _median_rate(lambda: raw.decode(data), n, runs, min_time)
+            median_rate(lambda: raw.decode(data), n, runs, min_time)
         ),
     }
 
@@ -152,8 +128,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "codec": codec,
         "zlib": compression,
     }
-    json.dump(report, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    print_report(report)
 
 
 if __name__ == "__main__":

@@ -212,23 +212,41 @@ class SpoolSettings(_Section):
     stop_flush_s: Annotated[float, Field(ge=0, le=3600)] = 10.0
 
 
-def _override_env(
-    init: PydanticBaseSettingsSource, env: PydanticBaseSettingsSource
-) -> tuple[PydanticBaseSettingsSource, ...]:
-    # the environment wins over the file: a container sets one value without a new file
-    return (env, init)
-
-
-class SenderConfig(BaseSettings):
-    """The sender's whole configuration (see ``sender/diode.example.toml``)."""
+class _ServiceConfig(BaseSettings):
+    """What both programs' configurations share: frozen, unknown keys refused, environment
+    overrides (each subclass adds its ``env_prefix``; pydantic merges the two configs)."""
 
     model_config = SettingsConfigDict(
         frozen=True,
         extra="forbid",
-        env_prefix="DIODE_SENDER__",
         env_nested_delimiter="__",
         case_sensitive=False,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the environment wins over the file: a container sets one value without a new file
+        return (env_settings, init_settings)
+
+    @staticmethod
+    def _check_protocol(protocol: ProtocolSettings) -> None:
+        try:
+            protocol.protocol_config()
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class SenderConfig(_ServiceConfig):
+    """The sender's whole configuration (see ``sender/diode.example.toml``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIODE_SENDER__")
 
     kafka: SenderKafka
     udp: SenderUdp
@@ -241,27 +259,13 @@ class SenderConfig(BaseSettings):
     #: seconds between two counter lines in the log
     stats_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _override_env(init_settings, env_settings)
-
     @model_validator(mode="after")
     def _protocol(self) -> Self:
-        try:
-            self.protocol.protocol_config()
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        self._check_protocol(self.protocol)
         return self
 
 
-class ReceiverConfig(BaseSettings):
+class ReceiverConfig(_ServiceConfig):
     """The receiver's whole configuration (see ``receiver/diode.example.toml``).
 
     ``allowed_topics`` (IT-side topic globs) and/or ``policy_file`` (the sender's policy: a
@@ -269,13 +273,7 @@ class ReceiverConfig(BaseSettings):
     own allow-list; at least one is required.
     """
 
-    model_config = SettingsConfigDict(
-        frozen=True,
-        extra="forbid",
-        env_prefix="DIODE_RECEIVER__",
-        env_nested_delimiter="__",
-        case_sensitive=False,
-    )
+    model_config = SettingsConfigDict(env_prefix="DIODE_RECEIVER__")
 
     kafka: ReceiverKafka
     udp: ReceiverUdp
@@ -292,17 +290,6 @@ class ReceiverConfig(BaseSettings):
     startup_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     stats_interval_s: Annotated[float, Field(gt=0)] = 30.0
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return _override_env(init_settings, env_settings)
-
     @model_validator(mode="after")
     def _checks(self) -> Self:
         if not self.allowed_topics and self.policy_file is None:
@@ -310,10 +297,7 @@ class ReceiverConfig(BaseSettings):
                 "the receiver needs its own allow-list: set allowed_topics (IT topic globs) "
                 "or policy_file (or both)"
             )
-        try:
-            self.protocol.protocol_config()
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
+        self._check_protocol(self.protocol)
         return self
 
 

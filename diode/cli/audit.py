@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -57,6 +58,15 @@ def _filters(f: click.decorators.FC) -> click.decorators.FC:
     return f
 
 
+@contextlib.contextmanager
+def _usage_errors() -> Iterator[None]:
+    """A ``DiodeError`` inside is a file or key that cannot be read: exit 2."""
+    try:
+        yield
+    except DiodeError as exc:
+        raise _UsageError(str(exc)) from exc
+
+
 def _make_filter(
     events: Sequence[str], topics: Sequence[str], since: str | None, until: str | None
 ) -> Filter:
@@ -66,11 +76,28 @@ def _make_filter(
         raise click.BadParameter(str(exc)) from exc
 
 
-def _reader(files: Sequence[str]) -> Reader:
-    try:
-        return Reader(files)
-    except DiodeError as exc:
-        raise _UsageError(str(exc)) from exc
+def _select(
+    files: Sequence[str],
+    events: Sequence[str],
+    topics: Sequence[str],
+    since: str | None,
+    until: str | None,
+) -> tuple[Reader, Filter]:
+    """The reader over ``files`` and the filter the ``_filters`` options describe."""
+    flt = _make_filter(events, topics, since, until)
+    with _usage_errors():
+        return Reader(files), flt
+
+
+def _write_raw(reader: Reader, flt: Filter, handle: IO[str], limit: int | None = None) -> int:
+    """Write the matching entries exactly as they were written, one a line; how many."""
+    count = 0
+    for item in reader.matching(flt):
+        handle.write(item.raw.decode("utf-8") + "\n")
+        count += 1
+        if limit is not None and count >= limit:
+            break
+    return count
 
 
 def _warn_skipped(reader: Reader) -> None:
@@ -146,16 +173,9 @@ def verify_command(
     torn (the last line was cut: a crash mid-write), forged (a checkpoint whose signature,
     key or chain is wrong).
     """
-    key = None
-    if key_file is not None:
-        try:
-            key = crypto.load_verify_key(key_file)
-        except DiodeError as exc:
-            raise _UsageError(str(exc)) from exc
-    try:
+    with _usage_errors():
+        key = crypto.load_verify_key(key_file) if key_file is not None else None
         report = verify(files, key, live=live, partial=partial)
-    except DiodeError as exc:
-        raise _UsageError(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(_report_json(report.chains, report.ok), indent=2))
     else:
@@ -248,17 +268,11 @@ def show(
       diode audit show /var/log/diode/ --since 2025-03-01T08:00Z --until 2025-03-01T09:00Z
       diode audit show audit.jsonl --event gap --json | jq .fields
     """
-    flt = _make_filter(events, topics, since, until)
-    reader = _reader(files)
+    reader, flt = _select(files, events, topics, since, until)
     shown = 0
-    try:
+    with _usage_errors():
         if as_json:
-            out = sys.stdout
-            for item in reader.matching(flt):
-                out.write(item.raw.decode("utf-8") + "\n")
-                shown += 1
-                if limit is not None and shown >= limit:
-                    break
+            _write_raw(reader, flt, sys.stdout, limit)
         else:
             from rich.console import Console
             from rich.table import Table
@@ -275,8 +289,6 @@ def show(
                     break
             Console().print(table)
             click.echo(f"{shown} entries", err=True)
-    except DiodeError as exc:
-        raise _UsageError(str(exc)) from exc
     _warn_skipped(reader)
 
 
@@ -297,12 +309,9 @@ def stats(
     \b
       diode audit stats /var/log/diode/ --since 2025-03-01
     """
-    flt = _make_filter(events, topics, since, until)
-    reader = _reader(files)
-    try:
+    reader, flt = _select(files, events, topics, since, until)
+    with _usage_errors():
         result = compute_stats(reader, flt).as_dict()
-    except DiodeError as exc:
-        raise _UsageError(str(exc)) from exc
     if as_json:
         click.echo(json.dumps(result, indent=2))
         _warn_skipped(reader)
@@ -369,32 +378,27 @@ def export(
       diode audit export /var/log/diode/ --format csv --out audit-march.csv --since 2025-03
       diode audit export audit.jsonl --format jsonl --event gap
     """
-    flt = _make_filter(events, topics, since, until)
-    reader = _reader(files)
-    try:
-        if out is None:
-            _export(reader, flt, fmt, sys.stdout)
-        else:
-            with out.open("w", encoding="utf-8", newline="") as handle:
-                count = _export(reader, flt, fmt, handle)
-            click.echo(f"{count} entries written to {out}", err=True)
-    except OSError as exc:
-        raise _UsageError(f"cannot write {out}: {exc.strerror}") from exc
-    except DiodeError as exc:
-        raise _UsageError(str(exc)) from exc
+    reader, flt = _select(files, events, topics, since, until)
+    with _usage_errors():
+        try:
+            if out is None:
+                _export(reader, flt, fmt, sys.stdout)
+            else:
+                with out.open("w", encoding="utf-8", newline="") as handle:
+                    count = _export(reader, flt, fmt, handle)
+                click.echo(f"{count} entries written to {out}", err=True)
+        except OSError as exc:
+            raise _UsageError(f"cannot write {out}: {exc.strerror}") from exc
     _warn_skipped(reader)
 
 
 def _export(reader: Reader, flt: Filter, fmt: str, handle: IO[str]) -> int:
+    if fmt != "csv":
+        return _write_raw(reader, flt, handle)
     count = 0
-    if fmt == "csv":
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for item in reader.matching(flt):
-            writer.writerow(csv_row(item.entry))
-            count += 1
-    else:
-        for item in reader.matching(flt):
-            handle.write(item.raw.decode("utf-8") + "\n")
-            count += 1
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for item in reader.matching(flt):
+        writer.writerow(csv_row(item.entry))
+        count += 1
     return count

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Protocol, TypeVar
 
 import click
 
@@ -40,6 +42,37 @@ def _logging(level: str) -> None:
     )
 
 
+_Stats = TypeVar("_Stats", covariant=True)
+_S = TypeVar("_S")
+
+
+class _Service(Protocol[_Stats]):
+    def stop(self) -> None: ...
+
+    def run(self) -> _Stats: ...
+
+
+def _start(name: str, make: Callable[[], _S]) -> _S:
+    try:
+        return make()
+    except (DiodeError, OSError) as exc:
+        raise click.ClickException(f"{name} cannot start: {_one_line(exc)}") from exc
+
+
+def _run_until_stopped(name: str, service: _Service[_Stats]) -> _Stats:
+    """Run ``service`` until SIGTERM or SIGINT asks it to stop; its stats."""
+
+    def on_stop(_sig: int, _frame: FrameType | None) -> None:
+        service.stop()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    try:
+        return service.run()
+    except DiodeError as exc:
+        raise click.ClickException(f"{name} stopped: {_one_line(exc)}") from exc
+
+
 @click.group("sender")
 def sender() -> None:
     """The OT-side program: Kafka -> policy -> signed, encrypted FEC datagrams -> diode."""
@@ -68,24 +101,13 @@ def sender_run(config_path: Path, log_level: str) -> None:
     from diode.services.sender import SenderService
 
     _logging(log_level)
-    try:
-        service = SenderService(load_sender_config(config_path))
-    except (DiodeError, OSError) as exc:
-        raise click.ClickException(f"sender cannot start: {_one_line(exc)}") from exc
-
-    def on_stop(_sig: int, _frame: FrameType | None) -> None:
-        service.stop()
+    service = _start("sender", lambda: SenderService(load_sender_config(config_path)))
 
     def on_hup(_sig: int, _frame: FrameType | None) -> None:
         service.request_reload()
 
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
-    try:
-        stats = service.run()
-    except DiodeError as exc:
-        raise click.ClickException(f"sender stopped: {_one_line(exc)}") from exc
+    stats = _run_until_stopped("sender", service)
     click.echo(
         f"sender stopped: {stats.consumed} consumed, {stats.forwarded + stats.alerted} sent, "
         f"{stats.dropped + stats.blocked + stats.too_large} refused, "
@@ -123,20 +145,8 @@ def receiver_run(config_path: Path, log_level: str) -> None:
     from diode.services.receiver import ReceiverService
 
     _logging(log_level)
-    try:
-        service = ReceiverService(load_receiver_config(config_path))
-    except (DiodeError, OSError) as exc:
-        raise click.ClickException(f"receiver cannot start: {_one_line(exc)}") from exc
-
-    def on_stop(_sig: int, _frame: FrameType | None) -> None:
-        service.stop()
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    try:
-        stats = service.run()
-    except DiodeError as exc:
-        raise click.ClickException(f"receiver stopped: {_one_line(exc)}") from exc
+    service = _start("receiver", lambda: ReceiverService(load_receiver_config(config_path)))
+    stats = _run_until_stopped("receiver", service)
     click.echo(
         f"receiver stopped: {stats.delivered} delivered, {stats.duplicates_skipped} duplicates "
         f"skipped, {stats.refused} refused, {stats.gaps} gap entries",

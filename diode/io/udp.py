@@ -31,7 +31,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType, TracebackType
 from typing import Any, Final, Self
@@ -335,7 +335,55 @@ class ReceiverCounters:
 # sender
 
 
-class UdpSender:
+def _offload_off_reason(wanted: bool, name: str, probe: Callable[[], object]) -> str | None:
+    """None when the UDP offload ``name`` (GSO, GRO) is on; otherwise why it is off.
+
+    ``probe`` touches the socket option and raises ``OSError`` on a kernel without it."""
+    if not wanted:
+        return "disabled by configuration"
+    try:
+        probe()
+    except OSError as exc:
+        return f"kernel has no UDP {name} ({_errno_name(exc.errno).upper()})"
+    return None
+
+
+class _UdpEnd:
+    """What both ends do the same with their one socket: address, descriptor, closing,
+    error counts."""
+
+    _sock: socket.socket
+    _errors: dict[str, int]
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        addr = self._sock.getsockname()
+        return str(addr[0]), int(addr[1])
+
+    def fileno(self) -> int:
+        """For a service's selector (a receiver's is readable when ``recv_batch`` has
+        something)."""
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _count(self, kind: str, n: int = 1) -> None:
+        self._errors[kind] = self._errors.get(kind, 0) + n
+
+
+class UdpSender(_UdpEnd):
     """A connected UDP socket that sends batches of datagrams at the configured rate.
 
     ``clock`` (monotonic seconds) and ``wait`` (block for so many seconds) are injectable so
@@ -407,17 +455,10 @@ class UdpSender:
         except BaseException:
             self._sock.close()
             raise
-        self.gso_disabled_reason: str | None = None
-        if not config.gso:
-            self.gso_disabled_reason = "disabled by configuration"
-        else:
-            try:
-                # Detected once: the option exists on every kernel with UDP GSO.
-                self._sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
-            except OSError as exc:
-                self.gso_disabled_reason = (
-                    f"kernel has no UDP GSO ({_errno_name(exc.errno).upper()})"
-                )
+        # Detected once: the option exists on every kernel with UDP GSO.
+        self.gso_disabled_reason = _offload_off_reason(
+            config.gso, "GSO", lambda: self._sock.getsockopt(socket.SOL_UDP, UDP_SEGMENT)
+        )
         self._max_segments = config.gso_max_segments
         self.pacer: Pacer | None = None
         if config.rate_bits_per_s is not None:
@@ -445,16 +486,8 @@ class UdpSender:
         return self.gso_disabled_reason is None
 
     @property
-    def local_address(self) -> tuple[str, int]:
-        addr = self._sock.getsockname()
-        return str(addr[0]), int(addr[1])
-
-    @property
     def remote_address(self) -> tuple[str, int]:
         return str(self._remote[0]), int(self._remote[1])
-
-    def fileno(self) -> int:
-        return self._sock.fileno()
 
     def send(self, datagram: bytes) -> None:
         """Send one datagram (paced)."""
@@ -550,20 +583,6 @@ class UdpSender:
             errors=_frozen_errors(self._errors),
         )
 
-    def close(self) -> None:
-        self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- internals ------------------------------------------------------------------------
 
     def _precise_wait(self, seconds: float) -> None:
@@ -577,9 +596,6 @@ class UdpSender:
             return int(self._sock.getsockopt(level, option))
         except OSError:
             return None  # not Linux, or no route yet: the kernel will still refuse oversize
-
-    def _count(self, kind: str) -> None:
-        self._errors[kind] = self._errors.get(kind, 0) + 1
 
     def _drain_error_queue(self) -> None:
         """Discard queued ICMP reports (IP_RECVERR keeps them) so they cannot pile up."""
@@ -666,7 +682,7 @@ class UdpSender:
 # receiver
 
 
-class UdpReceiver:
+class UdpReceiver(_UdpEnd):
     """A bound UDP socket read in batches.
 
     After opening, :attr:`rcvbuf_bytes` is the receive buffer granted and
@@ -702,16 +718,9 @@ class UdpReceiver:
         except BaseException:
             self._sock.close()
             raise
-        self.gro_disabled_reason: str | None = None
-        if not config.gro:
-            self.gro_disabled_reason = "disabled by configuration"
-        else:
-            try:
-                self._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
-            except OSError as exc:
-                self.gro_disabled_reason = (
-                    f"kernel has no UDP GRO ({_errno_name(exc.errno).upper()})"
-                )
+        self.gro_disabled_reason = _offload_off_reason(
+            config.gro, "GRO", lambda: self._sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        )
         self._buffer = bytearray(RECV_BUFFER_SIZE)
         self._view = memoryview(self._buffer)
         self._pending: deque[bytes] = deque()
@@ -728,15 +737,6 @@ class UdpReceiver:
     @property
     def gro_enabled(self) -> bool:
         return self.gro_disabled_reason is None
-
-    @property
-    def local_address(self) -> tuple[str, int]:
-        addr = self._sock.getsockname()
-        return str(addr[0]), int(addr[1])
-
-    def fileno(self) -> int:
-        """For a service's selector: readable when :meth:`recv_batch` has something."""
-        return self._sock.fileno()
 
     def recv_batch(self, max_datagrams: int, timeout: float | None) -> list[bytes]:
         """Up to ``max_datagrams`` datagrams, in arrival order.
@@ -791,23 +791,9 @@ class UdpReceiver:
     def close(self) -> None:
         with contextlib.suppress(KeyError, ValueError):
             self._poll.unregister(self._sock.fileno())
-        self._sock.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        super().close()
 
     # -- internals ------------------------------------------------------------------------
-
-    def _count(self, kind: str, n: int = 1) -> None:
-        self._errors[kind] = self._errors.get(kind, 0) + n
 
     def _fill(self, out: list[bytes], limit: int) -> None:
         pending = self._pending

@@ -28,12 +28,11 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diode.audit import Actor, AuditConfig, AuditEvent, AuditLog, FsyncPolicy
+from diode.audit import Actor, AuditEvent
 from diode.config import ReceiverConfig, config_fingerprint
 from diode.errors import KafkaError
 from diode.io.kafka import (
@@ -53,13 +52,18 @@ from diode.protocol.crypto import load_receiver_private_key, load_signing_key, l
 from diode.protocol.events import HeartbeatReceived, RecordsDelivered
 from diode.protocol.receiver import ReceiverOptions, ReceiverSession
 from diode.protocol.records import Record
+from diode.services.common import (
+    ServiceLoop,
+    TopicPartition,
+    loop_wait,
+    open_audit_log,
+    policy_fingerprint_bytes,
+)
 from diode.services.protocol_audit import ProtocolAuditor
-from diode.services.sender import policy_fingerprint_bytes
 from diode.services.spool import Spool, SpoolConfig, SpoolEntry, SpoolFsync, SpoolItem
 
 log = logging.getLogger(__name__)
 
-_MAX_WAIT = 0.05
 #: records handed to the producer and not yet acknowledged; the rest wait in the spool
 _MAX_IN_FLIGHT = 20_000
 #: after IT Kafka did not answer a metadata request, wait this long before asking again
@@ -69,8 +73,6 @@ ALLOW_LIST_RULE = "receiver-allow-list"
 POLICY_CHANGED = "policy_changed"
 #: the start-up provenance scan of an IT partition hit its bound before it was exact
 PROVENANCE_INCOMPLETE = "provenance_incomplete"
-
-TopicPartition = tuple[str, int]
 
 
 @dataclass(slots=True)
@@ -150,7 +152,7 @@ class AllowList:
         return None
 
 
-class ReceiverService:
+class ReceiverService(ServiceLoop[ReceiverStats]):
     """One running receiver. ``run()`` blocks until ``stop()`` is called."""
 
     def __init__(
@@ -160,6 +162,7 @@ class ReceiverService:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.config = config
         self._clock = clock
         self._wall = wall
@@ -175,21 +178,8 @@ class ReceiverService:
             engine = PolicyEngine(policy)
             policy_fp = policy.fingerprint
         self.allow = AllowList(list(config.allowed_topics), engine)
-        a = config.audit
-        self.audit = AuditLog(
-            AuditConfig(
-                path=a.path,
-                actor=Actor.RECEIVER,
-                checkpoint_entries=a.checkpoint_entries,
-                checkpoint_seconds=a.checkpoint_seconds,
-                rotate_bytes=a.rotate_bytes,
-                fsync=FsyncPolicy(a.fsync),
-            ),
-            audit_key,
-            clock=wall,
-        )
-        self.auditor = ProtocolAuditor(self.audit, interval=a.aggregate_seconds)
-        self._stop = threading.Event()
+        self.audit = open_audit_log(config.audit, Actor.RECEIVER, audit_key, wall)
+        self.auditor = ProtocolAuditor(self.audit, interval=config.audit.aggregate_seconds)
         self._closed = False
         self._udp: UdpReceiver | None = None
         self.spool: Spool | None = None
@@ -354,26 +344,14 @@ class ReceiverService:
                 },
             )
 
-    # ------------------------------------------------------------------ control
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def run(self) -> ReceiverStats:
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.close()
-        return self.stats
+    # ------------------------------------------------------------------ the loop
 
     def step(self) -> None:
         """One turn: read datagrams, run due timers, route events, feed the producer."""
         assert self._udp is not None
         now = self._clock()
         timer = self.session.next_timer()
-        wait = _MAX_WAIT if timer is None else min(_MAX_WAIT, max(0.0, timer - now))
-        datagrams = self._udp.recv_batch(1024, wait)
+        datagrams = self._udp.recv_batch(1024, loop_wait(timer, now))
         now = self._clock()
         if datagrams:
             self.session.receive_datagrams(datagrams, now)

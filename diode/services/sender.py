@@ -22,7 +22,6 @@ topics subscribes to them (a rebalance; offsets are committed first, see ``_revo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from diode.audit import Actor, AuditConfig, AuditEvent, AuditLog, FsyncPolicy
+from diode.audit import Actor, AuditEvent
 from diode.config import SenderConfig, config_fingerprint
 from diode.errors import KafkaError, LocalProtocolError, ServiceError
 from diode.io.kafka import TARGET_TOPIC, Delivery, KafkaSink, KafkaSource, provenance_headers
@@ -43,24 +42,18 @@ from diode.protocol.crypto import load_receiver_public_key, load_signing_key
 from diode.protocol.events import KeyRotated, SenderCounters
 from diode.protocol.records import Record
 from diode.protocol.sender import SenderSession
+from diode.services.common import (
+    ServiceLoop,
+    TopicPartition,
+    loop_wait,
+    open_audit_log,
+    policy_fingerprint_bytes,
+)
 
 log = logging.getLogger(__name__)
 
-#: longest wait for Kafka in one turn of the loop: keeps timers and signals responsive
-_MAX_WAIT = 0.05
 #: how long a stopping sender waits for the quarantine producer
 _STOP_FLUSH_S = 10.0
-
-TopicPartition = tuple[str, int]
-
-
-def policy_fingerprint_bytes(fingerprint: str) -> bytes:
-    """The 32 bytes a heartbeat carries for a policy fingerprint (hex SHA-256, or hashed)."""
-    try:
-        raw = bytes.fromhex(fingerprint)
-    except ValueError:
-        raw = b""
-    return raw if len(raw) == 32 else hashlib.sha256(fingerprint.encode()).digest()
 
 
 def topics_from_policy(policy: ReloadingPolicy) -> list[str]:
@@ -98,7 +91,7 @@ class SenderStats:
     policy_events: dict[str, int] = field(default_factory=dict)
 
 
-class SenderService:
+class SenderService(ServiceLoop[SenderStats]):
     """One running sender. ``run()`` blocks until ``stop()`` (or a signal handler) is called.
 
     ``clock`` (monotonic seconds) drives the protocol timers; ``wall`` (UNIX seconds) is what
@@ -113,6 +106,7 @@ class SenderService:
         wall: Callable[[], float] = time.time,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        super().__init__()
         self.config = config
         self._clock = clock
         self._wall = wall
@@ -120,20 +114,7 @@ class SenderService:
         self.config_fingerprint = config_fingerprint(config)
         signing_key = load_signing_key(config.keys.signing_key)
         receiver_public = load_receiver_public_key(config.keys.receiver_public_key)
-        a = config.audit
-        self.audit = AuditLog(
-            AuditConfig(
-                path=a.path,
-                actor=Actor.SENDER,
-                checkpoint_entries=a.checkpoint_entries,
-                checkpoint_seconds=a.checkpoint_seconds,
-                rotate_bytes=a.rotate_bytes,
-                fsync=FsyncPolicy(a.fsync),
-            ),
-            signing_key,
-            clock=wall,
-        )
-        self._stop = threading.Event()
+        self.audit = open_audit_log(config.audit, Actor.SENDER, signing_key, wall)
         self._reload = threading.Event()
         self._closed = False
         self._udp: UdpSender | None = None
@@ -228,10 +209,6 @@ class SenderService:
 
     # ------------------------------------------------------------------ control
 
-    def stop(self) -> None:
-        """Ask ``run`` to flush, commit and return (safe from a signal handler or thread)."""
-        self._stop.set()
-
     def request_reload(self) -> None:
         """Reload the policy at the next turn of the loop (SIGHUP)."""
         self._reload.set()
@@ -239,14 +216,6 @@ class SenderService:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
-
-    def run(self) -> SenderStats:
-        try:
-            while not self._stop.is_set():
-                self.step()
-        finally:
-            self.close()
-        return self.stats
 
     # ------------------------------------------------------------------ the loop
 
@@ -256,8 +225,7 @@ class SenderService:
         now = self._clock()
         session = self._session
         timer = session.next_timer() if session is not None else None
-        wait = _MAX_WAIT if timer is None else min(_MAX_WAIT, max(0.0, timer - now))
-        records = self._source.poll_batch(self.config.kafka.batch_size, wait)
+        records = self._source.poll_batch(self.config.kafka.batch_size, loop_wait(timer, now))
         now = self._clock()
         if records:
             wall = self._wall()

@@ -13,10 +13,9 @@ One scenario in phases (the clusters are shared and start-up is the expensive pa
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from diode.io.kafka import (
 from diode.protocol.crypto import generate_key_files, load_verify_key
 from diode.services.receiver import ReceiverService
 from diode.services.sender import SenderService
+from tests.integration.servicekit import Running, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -51,8 +51,6 @@ rules:
     match: {{exact: {prefix}.q}}
     action: quarantine
 """
-
-DEADLINE = 40.0
 
 
 def _produce(bootstrap: str, topic: str, start: int, n: int) -> list[dict[str, Any]]:
@@ -111,44 +109,6 @@ def _read_all(bootstrap: str, topic: str, partitions: int = 2) -> list[Any]:
         return out
     finally:
         consumer.close()
-
-
-class Running:
-    """A service's ``run`` on a thread; ``stop`` joins it and re-raises what it raised."""
-
-    def __init__(self, service: SenderService | ReceiverService) -> None:
-        self.service = service
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.service.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.service.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "service did not stop"
-        if self.error is not None:
-            raise self.error
-
-
-def _wait_for(
-    condition: Callable[[], bool], what: str, *services: Running, timeout: float = DEADLINE
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for r in services:
-            if r.error is not None:
-                raise AssertionError(f"waiting for {what}: a service failed") from r.error
-        time.sleep(0.1)
-    state = "; ".join(str(r.service.stats) for r in services)
-    raise AssertionError(f"timed out waiting for {what}: {state}")
 
 
 @pytest.fixture()
@@ -256,8 +216,8 @@ def test_end_to_end(setup: dict[str, Any]) -> None:
     rx = Running(receiver)
     sender1 = _sender(s, port, f"g1-{p}")
     tx = Running(sender1)
-    _wait_for(lambda: receiver.stats.delivered >= 120, "the first 120 records on IT", rx, tx)
-    _wait_for(lambda: sender1.stats.consumed >= 140, "the sender to judge every record", rx, tx)
+    wait_for(lambda: receiver.stats.delivered >= 120, "the first 120 records on IT", rx, tx)
+    wait_for(lambda: sender1.stats.consumed >= 140, "the sender to judge every record", rx, tx)
     tx.stop()
     stats1 = sender1.stats
     assert stats1.forwarded == 120
@@ -273,10 +233,8 @@ def test_end_to_end(setup: dict[str, Any]) -> None:
     # phase 2: a sender with a fresh group resends everything, plus new records
     sent += _produce(s["ot"], f"{p}.tel", 120, 40)
     tx = Running(_sender(s, port, f"g2-{p}"))
-    _wait_for(lambda: receiver.stats.delivered >= 160, "the 40 new records on IT", rx, tx)
-    _wait_for(
-        lambda: receiver.stats.duplicates_skipped >= 120, "the resent records skipped", rx, tx
-    )
+    wait_for(lambda: receiver.stats.delivered >= 160, "the 40 new records on IT", rx, tx)
+    wait_for(lambda: receiver.stats.duplicates_skipped >= 120, "the resent records skipped", rx, tx)
     tx.stop()
     rx.stop()
     assert receiver.stats.duplicates_skipped == 120
@@ -288,10 +246,8 @@ def test_end_to_end(setup: dict[str, Any]) -> None:
     assert receiver.last_delivered[(f"{p}.tel", 0)] >= 0
     rx = Running(receiver)
     tx = Running(_sender(s, port, f"g3-{p}"))
-    _wait_for(lambda: receiver.stats.delivered >= 20, "the 20 newest records on IT", rx, tx)
-    _wait_for(
-        lambda: receiver.stats.duplicates_skipped >= 160, "160 resent records skipped", rx, tx
-    )
+    wait_for(lambda: receiver.stats.delivered >= 20, "the 20 newest records on IT", rx, tx)
+    wait_for(lambda: receiver.stats.duplicates_skipped >= 160, "160 resent records skipped", rx, tx)
     tx.stop()
     rx.stop()
     assert receiver.stats.delivered == 20

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ from diode.io.kafka import SRC_OFFSET, ensure_topic
 from diode.protocol.crypto import generate_key_files, load_verify_key
 from diode.services.receiver import ReceiverService
 from diode.services.sender import SenderService
+from tests.integration.servicekit import Running, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -46,43 +46,6 @@ rules:
     match: {{glob: "{prefix}.*"}}
     prefix: "ot."
 """
-
-DEADLINE = 40.0
-
-
-class Running:
-    def __init__(self, service: SenderService | ReceiverService) -> None:
-        self.service = service
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.service.run()
-        except BaseException as exc:
-            self.error = exc
-
-    def stop(self) -> None:
-        self.service.stop()
-        self.thread.join(30)
-        assert not self.thread.is_alive(), "service did not stop"
-        if self.error is not None:
-            raise self.error
-
-
-def _wait_for(condition: Callable[[], bool], what: str, *running: Running) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        for r in running:
-            if r.error is not None:
-                raise AssertionError(f"waiting for {what}: a service failed") from r.error
-        time.sleep(0.05)
-    raise AssertionError(
-        f"timed out waiting for {what}: " + "; ".join(str(r.service.stats) for r in running)
-    )
 
 
 def _delivered(service: ReceiverService, count: int) -> Callable[[], bool]:
@@ -239,16 +202,16 @@ def test_it_kafka_down(tmp_path: Path, ot_kafka: Any, private_it: PrivateIt) -> 
         for n, c in (("a", 50), ("b", 10), ("c", 10))
     }
     for name, count in (("a", 50), ("b", 10), ("c", 10)):
-        _wait_for(_delivered(rxs[name], count), f"{name}: first records", *everyone)
+        wait_for(_delivered(rxs[name], count), f"{name}: first records", *everyone)
 
     # --- IT Kafka goes away; the senders keep sending
     private_it.stop()
     sent["a"] += _produce(ot, f"{prefix}.a", 50, 100, 2)
     sent["b"] += _produce(ot, f"{prefix}.b", 10, 30, 1)
     sent["c"] += _produce(ot, f"{prefix}.c", 10, 60, 1)
-    _wait_for(lambda: rxs["a"].stats.queued >= 150, "a: records spooled", *everyone)
-    _wait_for(lambda: rxs["b"].stats.queued >= 40, "b: records spooled", *everyone)
-    _wait_for(
+    wait_for(lambda: rxs["a"].stats.queued >= 150, "a: records spooled", *everyone)
+    wait_for(lambda: rxs["b"].stats.queued >= 40, "b: records spooled", *everyone)
+    wait_for(
         lambda: rxs["c"].stats.queued + rxs["c"].stats.spool_lost >= 70,
         "c: records seen",
         *everyone,
@@ -265,14 +228,14 @@ def test_it_kafka_down(tmp_path: Path, ot_kafka: Any, private_it: PrivateIt) -> 
 
     # --- IT Kafka returns on the same data dir and ports
     private_it.restart()
-    _wait_for(lambda: rxs["a"].stats.delivered >= 150, "a: spool drained", rx["a"], tx["a"])
+    wait_for(lambda: rxs["a"].stats.delivered >= 150, "a: spool drained", rx["a"], tx["a"])
     sent["a"] += _produce(ot, f"{prefix}.a", 150, 20, 2)
-    _wait_for(lambda: rxs["a"].stats.delivered >= 170, "a: new records", rx["a"], tx["a"])
+    wait_for(lambda: rxs["a"].stats.delivered >= 170, "a: new records", rx["a"], tx["a"])
     # b: a new receiver on the same spool delivers what the stopped one kept
     rb2 = receiver("b", ports["b"], spool_b)
     assert rb2.stats.replayed == 30
     rx["b"] = Running(rb2)
-    _wait_for(lambda: rb2.stats.delivered >= 30, "b: spooled records delivered", rx["b"])
+    wait_for(lambda: rb2.stats.delivered >= 30, "b: spooled records delivered", rx["b"])
     rx["b"].stop()
     tx["a"].stop()
     rx["a"].stop()

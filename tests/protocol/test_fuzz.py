@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diode.protocol.events import DatagramRejected, RecordsDelivered
+from diode.protocol.events import DatagramRejected, Event, RecordsDelivered
 from diode.protocol.receiver import ReceiverOptions, ReceiverSession
 from diode.protocol.sender import SenderSession
 from diode.protocol.wire import HEADER, HEADER_SIZE, DatagramType, ProtocolConfig
@@ -20,8 +20,40 @@ VALID = _sender.add_many(RECORDS, 0.0) + _sender.flush(0.0)
 SENT = set(RECORDS)
 
 
+#: (which valid datagram, byte position (past the end: truncate), xor mask) per change
+MUTATIONS = st.lists(
+    st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 1600), st.integers(1, 255)),
+    max_size=30,
+)
+
+
 def fresh() -> ReceiverSession:
     return ReceiverSession(CFG, RECEIVER, SIGNING.verify_key)
+
+
+def mutate(datagram: bytes, pos: int, xor: int) -> bytes:
+    """``datagram`` with byte ``pos`` flipped by ``xor``, or cut short if ``pos`` is past it."""
+    buf = bytearray(datagram)
+    if pos < len(buf):
+        buf[pos] ^= xor
+    else:
+        buf = buf[: pos % (len(buf) + 1)]
+    return bytes(buf)
+
+
+def assert_nothing_delivered(receiver: ReceiverSession, datagrams: int) -> None:
+    """Garbage was counted and at most rejected, never delivered."""
+    events = receiver.events()
+    assert not any(isinstance(e, RecordsDelivered) for e in events)
+    rejected = sum(1 for e in events if isinstance(e, DatagramRejected))
+    assert rejected <= datagrams and receiver.counters().datagrams == datagrams
+
+
+def assert_only_sent_once(events: list[Event]) -> None:
+    """Every delivered record is one that was sent, delivered once."""
+    delivered = [r for e in events if isinstance(e, RecordsDelivered) for r in e.records]
+    assert set(delivered) <= SENT
+    assert len(delivered) == len(set(delivered))
 
 
 @given(st.lists(st.binary(max_size=1600), max_size=20))
@@ -31,19 +63,10 @@ def test_any_bytes_become_events_never_exceptions(datagrams: list[bytes]) -> Non
     for i, d in enumerate(datagrams):
         receiver.receive_datagram(d, float(i))
         receiver.poll(float(i))
-    events = receiver.events()
-    assert not any(isinstance(e, RecordsDelivered) for e in events)
-    rejected = sum(1 for e in events if isinstance(e, DatagramRejected))
-    assert rejected <= len(datagrams) and receiver.counters().datagrams == len(datagrams)
+    assert_nothing_delivered(receiver, len(datagrams))
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 1600), st.integers(1, 255)),
-        max_size=30,
-    ),
-    st.integers(0, 2**32),
-)
+@given(MUTATIONS, st.integers(0, 2**32))
 @settings(max_examples=150, deadline=None)
 def test_mutated_datagrams_never_deliver_wrong_records(
     mutations: list[tuple[int, int, int]], seed: int
@@ -52,20 +75,13 @@ def test_mutated_datagrams_never_deliver_wrong_records(
     rng = random.Random(seed)
     datagrams = list(VALID)
     for which, pos, xor in mutations:
-        buf = bytearray(datagrams[which])
-        if pos < len(buf):
-            buf[pos] ^= xor
-        else:
-            buf = buf[: pos % (len(buf) + 1)]  # truncate instead
-        datagrams[which] = bytes(buf)
+        datagrams[which] = mutate(datagrams[which], pos, xor)
     rng.shuffle(datagrams)
     for d in datagrams:
         receiver.receive_datagram(d, 0.0)
     for t in range(1, 30):
         receiver.poll(t * 0.1)
-    delivered = [r for e in receiver.events() if isinstance(e, RecordsDelivered) for r in e.records]
-    assert set(delivered) <= SENT
-    assert len(delivered) == len(set(delivered))
+    assert_only_sent_once(receiver.events())
 
 
 def test_flood_of_valid_looking_headers_keeps_state_bounded() -> None:
@@ -111,20 +127,10 @@ def test_any_bytes_in_batches_become_events_never_exceptions(
     for i in range(0, len(datagrams), size):
         receiver.receive_datagrams(datagrams[i : i + size], float(i))
         receiver.poll(float(i))
-    events = receiver.events()
-    assert not any(isinstance(e, RecordsDelivered) for e in events)
-    rejected = sum(1 for e in events if isinstance(e, DatagramRejected))
-    assert rejected <= len(datagrams) and receiver.counters().datagrams == len(datagrams)
+    assert_nothing_delivered(receiver, len(datagrams))
 
 
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(VALID) - 1), st.integers(0, 1600), st.integers(1, 255)),
-        max_size=30,
-    ),
-    st.integers(0, 2**32),
-    st.integers(1, 64),
-)
+@given(MUTATIONS, st.integers(0, 2**32), st.integers(1, 64))
 @settings(max_examples=100, deadline=None)
 def test_mutated_datagrams_in_batches_match_one_by_one(
     mutations: list[tuple[int, int, int]], seed: int, size: int
@@ -132,12 +138,8 @@ def test_mutated_datagrams_in_batches_match_one_by_one(
     rng = random.Random(seed)
     datagrams = list(VALID)
     for which, pos, xor in mutations:
-        buf = bytearray(datagrams[which])
-        if pos < len(buf):
-            buf[pos] ^= xor
-        else:
-            buf = buf[: pos % (len(buf) + 1)]
-        datagrams.insert(rng.randrange(len(datagrams) + 1), bytes(buf))  # and keep the original
+        # and keep the original
+        datagrams.insert(rng.randrange(len(datagrams) + 1), mutate(datagrams[which], pos, xor))
     rng.shuffle(datagrams)
     one, many = fresh(), fresh()
     for i in range(0, len(datagrams), size):
@@ -150,6 +152,4 @@ def test_mutated_datagrams_in_batches_match_one_by_one(
     events = many.events()
     assert events == one.events()
     assert many.counters() == one.counters()
-    delivered = [r for e in events if isinstance(e, RecordsDelivered) for r in e.records]
-    assert set(delivered) <= SENT
-    assert len(delivered) == len(set(delivered))
+    assert_only_sent_once(events)
