@@ -184,14 +184,30 @@ class KafkaSource:
     def poll_batch(self, max_records: int, timeout: float) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout`` seconds for the first."""
         try:
-            messages = self._consumer.consume(num_messages=max_records, timeout=timeout)
+            # Any: librdkafka's headers are (str, bytes | None) tuples, whatever its stubs say
+            messages: list[Any] = self._consumer.consume(num_messages=max_records, timeout=timeout)
         except KafkaException as exc:
             raise KafkaError(f"consume failed: {exc}") from exc
+        # the conversion of record_from_message, inlined: this loop runs once per record
         out: list[Record] = []
+        append = out.append
         for msg in messages:
             err = msg.error()
             if err is None:
-                out.append(record_from_message(msg))
+                headers = msg.headers()
+                ts = msg.timestamp()[1]
+                append(
+                    Record(
+                        msg.topic(),
+                        msg.partition(),
+                        msg.offset(),
+                        ts if ts is not None and ts >= 0 else 0,
+                        msg.key(),
+                        msg.value(),
+                        # librdkafka's headers are already (str, bytes | None) tuples
+                        tuple(headers) if headers else (),
+                    )
+                )
                 continue
             if err.code() == RdKafkaError._PARTITION_EOF:
                 continue

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from diode.audit import Actor, AuditEvent
@@ -171,6 +171,8 @@ class SenderService(ServiceLoop[SenderStats]):
         self._consumed: dict[TopicPartition, int] = {}
         self._added_last: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # the last header of a crossing record, per IT topic (built once, not per record)
+        self._target_headers: dict[str, tuple[str, bytes]] = {}
         self._next_commit = clock() + config.commit_interval_s
         self.audit.append(
             AuditEvent.SERVICE_START,
@@ -228,9 +230,7 @@ class SenderService(ServiceLoop[SenderStats]):
         records = self._source.poll_batch(self.config.kafka.batch_size, loop_wait(timer, now))
         now = self._clock()
         if records:
-            wall = self._wall()
-            for record in records:
-                self._judge(record, now, wall)
+            self._judge_batch(records, now, self._wall())
         session = self._session
         if session is not None:
             timer = session.next_timer()
@@ -251,10 +251,81 @@ class SenderService(ServiceLoop[SenderStats]):
             self._next_commit = now + self.config.commit_interval_s
             self.commit()
 
-    def _judge(self, record: Record, now: float, wall: float) -> None:
-        self.stats.consumed += 1
+    def _judge_batch(self, records: list[Record], now: float, wall: float) -> None:
+        """Judge records in order. A run of plain forwards (no finding, no alert) goes to the
+        session in one ``add_many``; any other record first flushes the run, so audit entries
+        and session order are exactly those of judging one record at a time."""
+        evaluate = self.policy.evaluate
+        consumed = self._consumed
+        target_headers = self._target_headers
+        forward = Action.FORWARD
+        run: list[Record] = []
+        sources: list[tuple[Record, Decision]] = []
+        for record in records:
+            decision = evaluate(record, wall)
+            target = decision.target_topic
+            if decision.action is forward and target is not None and not decision.findings:
+                header = target_headers.get(target)
+                if header is None:
+                    header = target_headers[target] = (TARGET_TOPIC, target.encode())
+                run.append(
+                    Record(
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.timestamp,
+                        record.key,
+                        record.value,
+                        (*record.headers, header),
+                    )
+                )
+                sources.append((record, decision))
+            else:
+                if run:
+                    self._forward_run(run, sources, now)
+                    run = []
+                    sources = []
+                self._judge(record, decision, now)
+            consumed[(record.topic, record.partition)] = record.offset + 1
+        if run:
+            self._forward_run(run, sources, now)
+        self.stats.consumed += len(records)
+
+    def _forward_run(
+        self, run: list[Record], sources: list[tuple[Record, Decision]], now: float
+    ) -> None:
+        """Hand plain forwards (with their target header) to the session in one call; one too
+        large for the protocol is refused alone and the others go on."""
+        session = self._started(now)
+        taken = 0  # records of ``run`` the session has accepted or refused
+        refused: list[int] = []
+
+        def feed() -> Iterator[Record]:
+            # add_many asks for the next record only once it holds this one
+            nonlocal taken
+            for i in range(taken, len(run)):
+                yield run[i]
+                taken = i + 1
+
+        while taken < len(run):
+            try:
+                self._send(session.add_many(feed(), now))
+            except LocalProtocolError as exc:
+                # run[taken] was refused before it touched the session
+                record, decision = sources[taken]
+                refused.append(taken)
+                taken += 1
+                self.stats.too_large += 1
+                self._refuse(record, decision.rule, f"too large for the protocol: {exc}", "drop")
+        added = self._added_last
+        for i, crossing in enumerate(run):
+            if not refused or i not in refused:
+                added[(crossing.topic, crossing.partition)] = crossing.offset
+        self.stats.forwarded += len(run) - len(refused)
+
+    def _judge(self, record: Record, decision: Decision, now: float) -> None:
+        """One record the fast path of ``_judge_batch`` does not take, already evaluated."""
         tp = (record.topic, record.partition)
-        decision = self.policy.evaluate(record, wall)
         for finding in decision.findings:
             self._anomaly(finding, record)
         action = decision.action
@@ -289,7 +360,6 @@ class SenderService(ServiceLoop[SenderStats]):
             else:
                 self.stats.dropped += 1
             self._refuse(record, decision.rule, "; ".join(decision.reasons), action.value)
-        self._consumed[tp] = record.offset + 1
 
     def _send(self, datagrams: list[bytes]) -> None:
         if datagrams and self._udp is not None:
