@@ -43,11 +43,16 @@ def kafka_pair(
 ) -> Iterator[KafkaPair]:
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
     base = tmp_path_factory.mktemp("kafka")
+    cached = (kafkactl.jars_dir() / ".complete").exists()
+    began = time.monotonic()
+    jars = kafkactl.fetch(quiet=True)
+    fetched = time.monotonic() - began
+    source = f"jars cached in {jars}" if cached else f"jars fetched in {fetched:.1f}s into {jars}"
     began = time.monotonic()
     ot, it = kafkactl.start_many([("ot", base / "ot"), ("it", base / "it")])
     total = time.monotonic() - began
     line = (
-        f"Kafka {kafkactl.KAFKA_VERSION}: OT cluster at {ot.bootstrap} ready in "
+        f"Kafka {kafkactl.KAFKA_VERSION} ({source}): OT cluster at {ot.bootstrap} ready in "
         f"{ot.startup_seconds:.1f}s, IT cluster at {it.bootstrap} ready in "
         f"{it.startup_seconds:.1f}s; both up after {total:.1f}s"
     )
