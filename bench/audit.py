@@ -7,7 +7,8 @@ verifies the result, printing one JSON object:
 * ``threaded_entries_per_s``: the writer thread's rate, from the first ``append`` until
   ``close`` returns (queue large enough that nothing is dropped);
 * ``threaded_append_us``: what one ``append`` costs the caller in threaded mode;
-* ``verify_entries_per_s``: ``verify`` with signature checks.
+* ``verify_entries_per_s``: ``verify`` with signature checks (the log of the threaded
+  run is verified too, untimed, so a writer that broke the chain cannot post a result).
 
 Every run checkpoints every ``--checkpoint`` entries (Ed25519 sign + fsync under the
 default policy) and rotates at 64 MiB. Target: >= 50,000 entries/s.
@@ -92,6 +93,12 @@ def main() -> None:
             if not report.ok:
                 raise SystemExit(f"benchmark log does not verify: {report.first_problem}")
             results["verify"].append(report.chains[0].entries / elapsed)
+            # not timed: a fast writer thread that wrote a broken chain would prove nothing
+            threaded_report = verify([threaded_dir], key.verify_key)
+            if not threaded_report.ok:
+                raise SystemExit(
+                    f"threaded benchmark log does not verify: {threaded_report.first_problem}"
+                )
             shutil.rmtree(sync_dir)
             shutil.rmtree(threaded_dir)
     finally:

@@ -1,6 +1,6 @@
 """Verifying an audit chain: what was edited, removed, reordered, inserted or cut off.
 
-Owns ``verify(paths, verify_key) -> Report``. It reads a series of files (see ``files``)
+Owns ``verify(paths, verify_keys) -> Report``. It reads a series of files (see ``files``)
 as one stream of lines, holding only a bounded look-ahead window, and checks for every
 entry that
 
@@ -10,7 +10,9 @@ entry that
   not belong at all, or a second entry with a seq already used: **inserted**; the right
   seq but the wrong ``prev``: the entry before it was **edited** and re-hashed),
 * every checkpoint is internally consistent, belongs to this chain, and carries a valid
-  Ed25519 signature by the expected key (else: **forged**),
+  Ed25519 signature by one of the expected keys (else: **forged**),
+* nothing but ``chain_resumed`` follows a closing checkpoint (else: **inserted**: a writer
+  that closed wrote nothing more, and one restarted later would have signed over it),
 * the chain ends with the checkpoint written at close (else: **truncated**, with the
   number of entries after the last checkpoint, which no signature covers), unless the
   caller says the last file is the live file of a running program,
@@ -81,6 +83,8 @@ class ChainReport:
     entries: int
     checkpoints: int
     signatures_checked: bool
+    #: fingerprints of the keys whose signatures verified, in the order first met
+    signed_by: tuple[str, ...]
     #: entries after the last checkpoint (no signature covers them)
     unsigned: int
     last_seq: int | None
@@ -118,15 +122,18 @@ class Report:
 
 def verify(
     paths: Sequence[str | Path],
-    verify_key: VerifyKey | None,
+    verify_keys: VerifyKey | Sequence[VerifyKey] | None,
     *,
     live: bool = False,
     partial: bool = False,
 ) -> Report:
     """Verify the audit files, directories or globs in ``paths``.
 
-    ``verify_key``: the Ed25519 public key that must have signed every checkpoint; without
-    it only the hash chain is checked (and the report says so). ``live``: the newest file
+    ``verify_keys``: the Ed25519 public key that must have signed every checkpoint, or
+    several (a sender's and a receiver's log checked together; a log whose key was replaced
+    between two runs): each checkpoint must carry a valid signature by the key it names, and
+    that key must be one of them. Without a key only the hash chain is checked (and the
+    report says so). ``live``: the newest file
     of each series belongs to a running program, so a missing closing checkpoint or a
     half-written last line is expected. ``partial``: a series may start in the middle of
     its chain (older files archived elsewhere); trust then starts at its first entry.
@@ -134,7 +141,15 @@ def verify(
     series = expand_inputs(paths)
     if not series:
         raise AuditError("no audit files given")
-    return Report(tuple(_ChainVerifier(s, verify_key, live, partial).run() for s in series))
+    if verify_keys is None:
+        keys: dict[str, VerifyKey] | None = None
+    elif isinstance(verify_keys, VerifyKey):
+        keys = {verify_keys.fingerprint: verify_keys}
+    else:
+        keys = {k.fingerprint: k for k in verify_keys}
+        if not keys:
+            raise AuditError("no verify key given (pass None to check the hash chain only)")
+    return Report(tuple(_ChainVerifier(s, keys, live, partial).run() for s in series))
 
 
 # --------------------------------------------------------------------------- stream
@@ -207,13 +222,18 @@ class _State:
     since_checkpoint: int = 0
     last: _Item | None = None
     last_checkpoint: _Item | None = None
+    #: the head is a closing checkpoint: the writer's next entry can only be chain_resumed
+    closed: _Item | None = None
     chain_ids: list[str] = field(default_factory=list)
 
 
 class _ChainVerifier:
-    def __init__(self, series: Series, key: VerifyKey | None, live: bool, partial: bool) -> None:
+    def __init__(
+        self, series: Series, keys: dict[str, VerifyKey] | None, live: bool, partial: bool
+    ) -> None:
         self._series = series
-        self._key = key
+        self._keys = keys
+        self._signed_by: dict[str, None] = {}
         self._live = live
         self._partial = partial
         self._problems: list[Problem] = []
@@ -275,7 +295,8 @@ class _ChainVerifier:
             files=tuple(str(p) for p in self._series.files),
             entries=self._entries,
             checkpoints=self._checkpoints,
-            signatures_checked=self._key is not None,
+            signatures_checked=self._keys is not None,
+            signed_by=tuple(self._signed_by),
             unsigned=st.since_checkpoint,
             last_seq=last_entry.seq if last_entry is not None else None,
             head=last_entry.hash if last_entry is not None else None,
@@ -334,22 +355,39 @@ class _ChainVerifier:
         ):
             self._new_chain(item, entry)
             return
-        if st.expect is None and not self._start_found_later(item, stream):
-            self._first_entry(item, entry)
+        moved_start: str | None = None
+        if st.expect is None:
+            moved_start = self._start_found_later(stream)
+            if moved_start is None:
+                self._first_entry(item, entry)
+                self._accept(item, entry)
+                return
+        assert st.expect is not None
+        links = entry.seq == st.expect and (st.prev is None or entry.prev == st.prev)
+        if links:
+            if moved_start is not None:
+                self._problem(ProblemKind.REORDERED, item, entry.seq, moved_start)
+        elif len(self._problems) >= MAX_PROBLEMS:
+            # past the report limit: count, and follow the file without classifying
+            self._more += 1
         else:
-            assert st.expect is not None
-            links = entry.seq == st.expect and (st.prev is None or entry.prev == st.prev)
-            if not links and len(self._problems) >= MAX_PROBLEMS:
-                # past the report limit: count, and follow the file without classifying
-                self._more += 1
-            elif not links and not self._out_of_place(item, entry, stream):
+            reported = len(self._problems)
+            keep = self._out_of_place(item, entry, stream)
+            # one report per place: the classification usually names the moved start too
+            if moved_start is not None and len(self._problems) == reported:
+                self._problem(ProblemKind.REORDERED, item, entry.seq, moved_start)
+            if not keep:
                 return  # skipped: the entry does not belong here
         self._accept(item, entry)
 
-    def _start_found_later(self, item: _Item, stream: _Peekable) -> bool:
-        """The series does not begin with its chain_start: is it a little further on?"""
+    def _start_found_later(self, stream: _Peekable) -> str | None:
+        """The series does not begin with its chain_start: is it a little further on?
+
+        If so, the chain is started from it, and what to report about the entry that
+        stands in its place is returned.
+        """
         if self._partial:
-            return False
+            return None
         for a in stream.peek(LOOKAHEAD):
             start = a.entry
             if (
@@ -358,16 +396,10 @@ class _ChainVerifier:
                 and start.event == AuditEvent.CHAIN_START
                 and self._starts_chain(start)
             ):
-                self._problem(
-                    ProblemKind.REORDERED,
-                    item,
-                    item.entry.seq if item.entry is not None else None,
-                    f"out of order: the chain begins with chain_start at {a.file}:{a.line}",
-                )
                 self._taken.add(id(a))
                 self._new_chain(a, start)
-                return True
-        return False
+                return f"out of order: the chain begins with chain_start at {a.file}:{a.line}"
+        return None
 
     def _starts_chain(self, entry: Entry) -> bool:
         chain_id = entry.fields.get("chain_id")
@@ -414,6 +446,24 @@ class _ChainVerifier:
     def _accept(self, item: _Item, entry: Entry) -> None:
         """Make ``entry`` the new head and check what its event implies."""
         st = self._state
+        closed, st.closed = st.closed, None
+        if (
+            closed is not None
+            and closed.entry is not None
+            and entry.intact
+            and entry.prev == closed.entry.hash  # else already reported as removed or moved
+            and entry.event not in (AuditEvent.CHAIN_RESUMED, AuditEvent.CHAIN_START)
+        ):
+            # a writer that closed writes nothing more; on restart its first entry is
+            # chain_resumed. Anything else was added to the closed log, and a restarted
+            # writer would sign over it
+            self._problem(
+                ProblemKind.INSERTED,
+                item,
+                entry.seq,
+                f"follows the closing checkpoint at {closed.file}:{closed.line}: the log was "
+                "closed, and a writer's first entry after closing is chain_resumed",
+            )
         st.expect = entry.seq + 1
         st.prev = entry.hash
         st.last = item
@@ -458,7 +508,7 @@ class _ChainVerifier:
                     self._accept(a, a.entry)
                 return True
             if any(a.entry is not None and a.entry.seq == expect for a in ahead):
-                if entry.prev in self._known_hashes(ahead):
+                if self._follows_its_predecessor(entry, ahead):
                     self._problem(
                         ProblemKind.REORDERED,
                         item,
@@ -471,8 +521,8 @@ class _ChainVerifier:
                         ProblemKind.INSERTED,
                         item,
                         entry.seq,
-                        f"does not belong to the chain: seq {expect} follows it and it links "
-                        "to no entry of the chain",
+                        f"does not belong to the chain: seq {expect} follows it and it does not "
+                        f"link to the entry with seq {entry.seq - 1}",
                     )
                 return False
             missing = entry.seq - expect
@@ -517,7 +567,7 @@ class _ChainVerifier:
                 f"a second, different entry with seq {entry.seq} (the first is at "
                 f"{seen.file}:{seen.line}): one of them was inserted",
             )
-        elif entry.prev in self._known_hashes(ahead):
+        elif self._follows_its_predecessor(entry, ahead):
             self._problem(
                 ProblemKind.REORDERED,
                 item,
@@ -529,7 +579,8 @@ class _ChainVerifier:
                 ProblemKind.INSERTED,
                 item,
                 entry.seq,
-                "does not belong to the chain: its seq is behind and it links to no entry",
+                "does not belong to the chain: its seq is behind and it does not link to "
+                f"the entry with seq {entry.seq - 1}",
             )
         return False
 
@@ -610,6 +661,30 @@ class _ChainVerifier:
             )
         self._problem(ProblemKind.REORDERED, item, entry.seq, f"out of order: {what}")
 
+    def _follows_its_predecessor(self, entry: Entry, ahead: list[_Item]) -> bool:
+        """``entry`` links to the entry with the seq before its own, wherever that one is.
+
+        A moved entry still links to its predecessor; a forged one that merely copied some
+        ``prev`` of the chain does not, unless it also took the matching seq.
+        """
+        want = entry.seq - 1
+        if any(
+            a.entry is not None and a.entry.seq == want and a.entry.hash == entry.prev
+            for a in ahead
+        ):
+            return True
+        seen = self._history.get(want)
+        if seen is not None:
+            return seen.hash == entry.prev
+        displaced = self._displaced.get(want)
+        if displaced is not None and displaced.entry is not None:
+            return displaced.entry.hash == entry.prev
+        order = self._history_order
+        if order and want < order[0]:
+            # the predecessor is older than the history kept: settle for any known link
+            return entry.prev in self._known_hashes(ahead)
+        return False
+
     def _known_hashes(self, ahead: list[_Item]) -> set[str]:
         known = {a.entry.hash for a in ahead if a.entry is not None}
         known |= {s.hash for s in self._history.values()}
@@ -654,13 +729,16 @@ class _ChainVerifier:
                 f"before it has {entry.seq} ending in {entry.prev[:16]}...: entries before it "
                 "were rewritten",
             )
-        elif self._key is not None:
-            if key_fp != self._key.fingerprint:
+        elif self._keys is not None:
+            key = self._keys.get(key_fp)
+            if key is None:
+                expected = ", ".join(self._keys)
                 self._problem(
                     ProblemKind.FORGED,
                     item,
                     entry.seq,
-                    f"checkpoint names signing key {key_fp}, expected {self._key.fingerprint}",
+                    f"checkpoint names signing key {key_fp}, expected "
+                    f"{'one of ' if len(self._keys) > 1 else ''}{expected}",
                 )
             else:
                 try:
@@ -668,7 +746,9 @@ class _ChainVerifier:
                 except ValueError:
                     sig = b""
                 message = checkpoint_message(chain_id, count, head, reason, key_fp)
-                if not self._key.is_valid(sig, message):
+                if key.is_valid(sig, message):
+                    self._signed_by.setdefault(key_fp)
+                else:
                     self._problem(
                         ProblemKind.FORGED,
                         item,
@@ -678,6 +758,8 @@ class _ChainVerifier:
                     )
         st.since_checkpoint = 0
         st.last_checkpoint = item
+        if reason == "close":
+            st.closed = item
 
     def _resumed(self, item: _Item, entry: Entry) -> None:
         f = entry.fields

@@ -534,18 +534,19 @@ class AuditLog:
             self._queue.append(control)
             self._wake.set()
             self._thread.join()
-            # an append racing with close may have queued behind the stop request
-            while self._queue:
-                if not isinstance(self._queue.popleft(), _Control):
-                    self._dropped_total += 1
         with self._lock:
             if self._failure is None:
                 try:
+                    # an append racing with close may have queued behind the stop
+                    # request: it was accepted, so it is written, not dropped
+                    self._write_queued()
                     self._core.close(self._clock())
-                except OSError as exc:
+                except (OSError, AuditError) as exc:
                     self._failure = exc
+        # count what can no longer be written: everything still queued after a failure, or
+        # an append that got past the closed check after the last look at the queue
+        self._count_leftovers()
         if self._failure is not None:
-            self._fail(self._failure)  # count anything appended after the thread stopped
             raise AuditError(f"audit log writer failed: {self._failure}")
 
     def __enter__(self) -> AuditLog:
@@ -593,6 +594,10 @@ class AuditLog:
                     except IndexError:
                         break
                     if isinstance(item, _Control):
+                        # a busy writer may not have looked at the clock since its last
+                        # entry: a checkpoint or rotation due by time happens before the
+                        # request is answered, so flush() leaves the log up to date
+                        core.tick(self._clock())
                         if item.kind == "stop":
                             stop = True
                         elif item.kind == "checkpoint":
@@ -609,18 +614,18 @@ class AuditLog:
         except (OSError, AuditError) as exc:
             self._fail(exc)
 
-    def _report_drops(self) -> None:
-        if not self._dropped_pending:
-            return
-        with self._lock:
-            count, self._dropped_pending = self._dropped_pending, 0
-            total = self._dropped_total
-        fields = {"count": count, "total": total, "reason": "queue_full"}
-        self._core.write(self._clock(), AuditEvent.AUDIT_DROPPED, self._actor, canonical(fields))
+    def _write_queued(self) -> None:
+        """After the writer thread stopped: write what is still queued. Under ``_lock``."""
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Control):
+                item.done.set()
+            else:
+                self._core.write(*item)
+        self._report_drops(locked=True)
 
-    def _fail(self, exc: BaseException) -> None:
-        self._failure = exc
-        # what is still queued will never be written: count it, and release any waiter
+    def _count_leftovers(self) -> None:
+        """Count what is queued as dropped (it will never be written), release any waiter."""
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, _Control):
@@ -628,3 +633,20 @@ class AuditLog:
             else:
                 with self._lock:
                     self._dropped_total += 1
+
+    def _report_drops(self, *, locked: bool = False) -> None:
+        if not self._dropped_pending:
+            return
+        if locked:
+            count, self._dropped_pending = self._dropped_pending, 0
+            total = self._dropped_total
+        else:
+            with self._lock:
+                count, self._dropped_pending = self._dropped_pending, 0
+                total = self._dropped_total
+        fields = {"count": count, "total": total, "reason": "queue_full"}
+        self._core.write(self._clock(), AuditEvent.AUDIT_DROPPED, self._actor, canonical(fields))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._failure = exc
+        self._count_leftovers()

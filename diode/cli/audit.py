@@ -124,7 +124,7 @@ def audit() -> None:
     Give all of them, or their directory.
 
     \b
-      diode audit verify /var/log/diode/ --key keys/sender.pub
+      diode audit verify /var/log/diode/ --key keys/sender.pub --key keys/receiver-audit.pub
       diode audit show audit.jsonl* --event gap --since 2025-03-01
       diode audit stats /var/log/diode/
       diode audit export audit.jsonl* --format csv --out review.csv
@@ -135,10 +135,12 @@ def audit() -> None:
 @_files_argument
 @click.option(
     "--key",
-    "key_file",
+    "key_files",
+    multiple=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="Public key that must have signed the checkpoints: sender.pub for the sender's "
-    "log, receiver-audit.pub for the receiver's. Without it only the hash chain is checked.",
+    "log, receiver-audit.pub for the receiver's. Repeatable: each checkpoint must be signed "
+    "by one of the keys (both logs at once). Without it only the hash chain is checked.",
 )
 @click.option(
     "--live",
@@ -154,7 +156,7 @@ def audit() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 def verify_command(
-    files: tuple[str, ...], key_file: Path | None, live: bool, partial: bool, as_json: bool
+    files: tuple[str, ...], key_files: tuple[Path, ...], live: bool, partial: bool, as_json: bool
 ) -> None:
     """Prove that audit files were not edited, cut, reordered or padded.
 
@@ -174,14 +176,14 @@ def verify_command(
     key or chain is wrong).
     """
     with _usage_errors():
-        key = crypto.load_verify_key(key_file) if key_file is not None else None
-        report = verify(files, key, live=live, partial=partial)
+        keys = [crypto.load_verify_key(k) for k in key_files] or None
+        report = verify(files, keys, live=live, partial=partial)
     if as_json:
         click.echo(json.dumps(_report_json(report.chains, report.ok), indent=2))
     else:
         for chain in report.chains:
             _print_chain(chain)
-        if key is None:
+        if keys is None:
             click.echo(
                 "warning: checkpoint signatures were NOT checked; give --key to prove who "
                 "wrote the log",
@@ -205,6 +207,7 @@ def _report_json(chains: Sequence[ChainReport], ok: bool) -> dict[str, object]:
                 "entries": c.entries,
                 "checkpoints": c.checkpoints,
                 "signatures_checked": c.signatures_checked,
+                "signed_by": list(c.signed_by),
                 "unsigned": c.unsigned,
                 "last_seq": c.last_seq,
                 "head": c.head,
@@ -229,7 +232,12 @@ def _report_json(chains: Sequence[ChainReport], ok: bool) -> dict[str, object]:
 
 def _print_chain(chain: ChainReport) -> None:
     status = "OK" if chain.ok else "BROKEN"
-    signed = "signatures verified" if chain.signatures_checked else "signatures not checked"
+    if not chain.signatures_checked:
+        signed = "signatures not checked"
+    elif chain.signed_by:
+        signed = f"signatures verified, key {', '.join(chain.signed_by)}"
+    else:
+        signed = "no signature verified"
     click.echo(
         f"{status}  {chain.series}: {len(chain.files)} file(s), {chain.entries} entries, "
         f"{chain.checkpoints} checkpoints ({signed}), last seq {chain.last_seq}"
@@ -380,15 +388,16 @@ def export(
     """
     reader, flt = _select(files, events, topics, since, until)
     with _usage_errors():
-        try:
-            if out is None:
-                _export(reader, flt, fmt, sys.stdout)
-            else:
+        if out is None:
+            # a closed pipe (`| head`) is left to click, which exits quietly like other tools
+            _export(reader, flt, fmt, sys.stdout)
+        else:
+            try:
                 with out.open("w", encoding="utf-8", newline="") as handle:
                     count = _export(reader, flt, fmt, handle)
-                click.echo(f"{count} entries written to {out}", err=True)
-        except OSError as exc:
-            raise _UsageError(f"cannot write {out}: {exc.strerror}") from exc
+            except OSError as exc:
+                raise _UsageError(f"cannot write {out}: {exc.strerror}") from exc
+            click.echo(f"{count} entries written to {out}", err=True)
     _warn_skipped(reader)
 
 

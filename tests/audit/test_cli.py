@@ -13,7 +13,15 @@ from click.testing import CliRunner
 from diode.audit import Actor, AuditConfig, AuditLog, RejectionAggregator
 from diode.cli import main
 from diode.protocol import crypto
-from tests.audit.auditkit import ManualClock, read_lines, refused, write_lines
+from tests.audit.auditkit import (
+    ManualClock,
+    entry_of,
+    find,
+    read_lines,
+    refused,
+    rehash,
+    write_lines,
+)
 
 
 @pytest.fixture
@@ -101,6 +109,23 @@ def test_verify_directory_holds_two_chains(logs: Path) -> None:
     assert code == 0
     assert out.count("OK  ") == 2
     assert "NOT checked" in err
+
+
+def test_verify_two_chains_with_their_two_keys(logs: Path, keys: Path) -> None:
+    sender = crypto.load_verify_key(keys / "sender.pub").fingerprint
+    receiver = crypto.load_verify_key(keys / "receiver-audit.pub").fingerprint
+    both = ("--key", keys / "sender.pub", "--key", keys / "receiver-audit.pub")
+    code, out, err = run("audit", "verify", logs, *both, "--json")
+    assert code == 0, out
+    chains = {Path(c["series"]).name: c for c in json.loads(out)["chains"]}
+    assert chains["sender.jsonl"]["signed_by"] == [sender]
+    assert chains["receiver.jsonl"]["signed_by"] == [receiver]
+    # with only one of the keys, the other log's checkpoints are named as forged
+    code, out, err = run("audit", "verify", logs, "--key", keys / "sender.pub")
+    assert code == 1
+    assert f"OK  {logs / 'sender.jsonl'}" in out
+    assert f"signatures verified, key {sender}" in out
+    assert f"names signing key {receiver}, expected {sender}" in err
 
 
 def test_verify_names_the_first_broken_entry(logs: Path, keys: Path) -> None:
@@ -236,3 +261,110 @@ def test_readers_skip_unreadable_lines_and_say_so(logs: Path) -> None:
     assert stats["unreadable_lines"] == 1
     assert stats["entries"] == len(lines) - 1
     assert "1 unreadable line(s) skipped" in err
+
+
+def _tamper(kind: str, lines: list[bytes]) -> tuple[list[bytes], int]:
+    """Apply one kind of tampering by hand; the 1-based line verify must name."""
+    if kind == "edited":
+        lines[2] = lines[2].replace(b'"rule":"', b'"rule":"x', 1)
+        return lines, 3
+    if kind == "removed":
+        del lines[2]
+        return lines, 3
+    if kind == "reordered":
+        lines[2], lines[3] = lines[3], lines[2]
+        return lines, 3
+    if kind == "inserted":
+        lines.insert(4, lines[2])
+        return lines, 5
+    if kind == "truncated":
+        return lines[:-2], len(lines) - 2
+    if kind == "torn":
+        lines[-1] = lines[-1][:40]
+        return lines, len(lines)
+    assert kind == "forged"
+    cp = find(lines, "checkpoint", 1)  # an interval checkpoint, signed over by the close
+    obj = entry_of(lines[cp])
+    fields = obj["fields"]
+    assert isinstance(fields, dict)
+    fields["signature"] = "00" * 64
+    lines[cp] = rehash(obj)
+    return lines, cp + 1
+
+
+@pytest.mark.parametrize(
+    "kind", ["edited", "removed", "reordered", "inserted", "truncated", "torn", "forged"]
+)
+def test_verify_names_each_kind_of_tampering(tmp_path: Path, keys: Path, kind: str) -> None:
+    live = tmp_path / "one" / "audit.jsonl"
+    log = AuditLog(
+        AuditConfig(path=live, threaded=False, checkpoint_entries=4),
+        crypto.load_signing_key(keys / "sender.key"),
+        clock=ManualClock(),
+    )
+    for i in range(10):
+        log.append("record_refused", refused(i))
+    log.close()
+    lines, line = _tamper(kind, read_lines(live))
+    write_lines(live, lines)
+    code, out, err = run("audit", "verify", live, "--key", keys / "sender.pub")
+    assert code == 1
+    assert out.startswith("BROKEN  ")
+    assert f"first broken entry: {live}:{line}: " in err
+    assert f": {kind}: " in err.splitlines()[-1]
+
+
+def test_simulated_run_can_be_reviewed(tmp_path: Path) -> None:
+    """`diode simulate --audit-log` writes a log every review command reads back."""
+    path = tmp_path / "sim" / "audit.jsonl"
+    code, out, _ = run(
+        "simulate",
+        "--records",
+        "3000",
+        "--loss",
+        "0.2",
+        "--corrupt",
+        "0.01",
+        "--restart-after",
+        "1500",
+        "--seed",
+        "5",
+        "--json",
+        "--audit-log",
+        path,
+    )
+    assert code == 0, out
+    summary = json.loads(out)
+    key = path.with_suffix(".pub")
+    code, out, _ = run("audit", "verify", path, "--key", key)
+    assert code == 0, out
+    assert "signatures verified" in out
+
+    code, out, _ = run("audit", "stats", path, "--json")
+    stats = json.loads(out)
+    assert stats["gaps"] == len(summary["gaps"]) > 0
+    assert stats["by_event"]["service_start"] == stats["by_event"]["service_stop"] == 2
+    assert stats["by_event"]["session_restart"] == 1
+    assert stats["datagrams_rejected_by_reason"] == summary["rejected"]
+    assert stats["by_actor"]["sender"] >= 2 and stats["by_actor"]["receiver"] >= 2
+
+    code, out, _ = run("audit", "show", path, "--event", "gap", "--json")
+    gaps = [json.loads(line)["fields"] for line in out.splitlines()]
+    assert [(g["topic"], g["partition"], g["first_offset"], g["last_offset"]) for g in gaps] == [
+        (g["topic"], g["partition"], g["first_offset"], g["last_offset"]) for g in summary["gaps"]
+    ]
+    code, out, _ = run("audit", "show", path, "--event", "session_restart")
+    assert code == 0
+    assert "previous_session_id=" in out
+
+    code, out, _ = run("audit", "export", path, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == stats["entries"] == len(read_lines(path))
+    code, out, _ = run("audit", "export", path, "--format", "jsonl")
+    assert out.encode() == path.read_bytes()
+
+
+def test_bad_time_is_a_usage_error(logs: Path) -> None:
+    code, _, err = run("audit", "show", logs, "--since", "yesterday")
+    assert code == 2
+    assert "cannot read time 'yesterday'" in err

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from diode.audit import AuditLog, ProblemKind, Report, verify
 from diode.audit.entry import checkpoint_message
+from diode.errors import AuditError
 from diode.protocol.crypto import SigningKey
 from tests.audit.auditkit import (
     ManualClock,
@@ -354,8 +355,6 @@ def test_checkpoint_from_another_chain_is_forged(
 
 
 def test_unknown_path_is_an_error(tmp_path: Path) -> None:
-    from diode.errors import AuditError
-
     with pytest.raises(AuditError, match="does not exist"):
         verify([tmp_path / "nope.jsonl"], None)
 
@@ -478,3 +477,124 @@ def test_tampering_across_rotated_files_is_found_where_it_happened(
     finally:
         for path, original in zip(rotated_log, originals, strict=True):
             write_lines(path, original)
+
+
+def test_forged_entry_with_a_borrowed_prev_is_inserted(closed_log: Path, key: SigningKey) -> None:
+    """A copy of an entry given a new seq links to a real hash, but not to its seq's place."""
+    lines = read_lines(closed_log)
+    forged = entry_of(lines[3])
+    forged["seq"] = 900  # prev still the hash of seq 2
+    lines.insert(4, rehash(forged))
+    write_lines(closed_log, lines)
+    report = verify([closed_log], key.verify_key)
+    assert first(report) == (ProblemKind.INSERTED, 900, 5)
+    assert len(report.problems) == 1
+
+
+def test_entry_moved_far_forward_is_reordered_not_inserted(
+    make_log: MakeLog, tmp_path: Path, key: SigningKey
+) -> None:
+    """An entry moved ahead past an edit still links to its predecessor: reordered."""
+    log = make_log(checkpoint_entries=50)
+    write_entries(log, 40)
+    log.close()
+    path = tmp_path / "audit.jsonl"
+    lines = read_lines(path)
+    lines[30] = lines[30].replace(b'"rule":"size_limit"', b'"rule":"allow_list"')
+    lines.insert(5, lines.pop(20))  # seq 20 now stands before seq 5
+    write_lines(path, lines)
+    problems = verify([path], key.verify_key).problems
+    assert [(p.kind, p.seq, p.line) for p in problems] == [
+        (ProblemKind.REORDERED, 20, 6),
+        (ProblemKind.EDITED, 30, 31),
+    ]
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["closed", "restarted"])
+def test_entry_appended_after_close_is_inserted(
+    make_log: MakeLog, closed_log: Path, key: SigningKey, restarted: bool
+) -> None:
+    """Someone who knows the format appends a linked entry to a closed log. Even after a
+    restarted writer has linked to it and signed over it, it is named."""
+    lines = read_lines(closed_log)
+    last = entry_of(lines[-1])
+    fake = {
+        "actor": "sender",
+        "event": "record_refused",
+        "fields": refused(77, topic="plant.alarms"),
+        "prev": last["hash"],
+        "seq": int(str(last["seq"])) + 1,
+        "time": last["time"],
+        "hash": "",
+    }
+    write_lines(closed_log, [*lines, rehash(fake)])
+    if restarted:
+        log = make_log()
+        write_entries(log, 2)
+        log.close()
+    report = verify([closed_log], key.verify_key)
+    problem = report.problems[0]
+    assert (problem.kind, problem.seq, problem.line) == (
+        ProblemKind.INSERTED,
+        fake["seq"],
+        len(lines) + 1,
+    )
+    assert "closing checkpoint" in problem.message
+    if restarted:
+        assert len(report.problems) == 1  # the resumed chain is otherwise intact
+
+
+def test_removed_chain_resumed_is_named_once(
+    make_log: MakeLog, closed_log: Path, key: SigningKey
+) -> None:
+    log = make_log()
+    write_entries(log, 2)
+    log.close()
+    lines = read_lines(closed_log)
+    resumed = find(lines, "chain_resumed")
+    del lines[resumed]
+    write_lines(closed_log, lines)
+    problems = verify([closed_log], key.verify_key).problems
+    assert [(p.kind, p.line) for p in problems] == [(ProblemKind.REMOVED, resumed + 1)]
+
+
+def test_swapped_rotated_files_are_named_once(rotated_log: list[Path], key: SigningKey) -> None:
+    first_file, second_file = rotated_log[0], rotated_log[1]
+    a, b = first_file.read_bytes(), second_file.read_bytes()
+    first_file.write_bytes(b)
+    second_file.write_bytes(a)
+    problems = verify(rotated_log, key.verify_key).problems
+    assert [(p.kind, p.file, p.line) for p in problems] == [
+        (ProblemKind.REORDERED, str(first_file), 1)
+    ]
+    assert f"{second_file}:" in problems[0].message
+
+
+def test_chain_start_moved_is_reordered(closed_log: Path, key: SigningKey) -> None:
+    lines = read_lines(closed_log)
+    lines[0], lines[1] = lines[1], lines[0]
+    write_lines(closed_log, lines)
+    report = verify([closed_log], key.verify_key)
+    assert first(report) == (ProblemKind.REORDERED, 1, 1)
+    assert "chain_start" in report.problems[0].message
+    assert len(report.problems) == 1
+
+
+def test_chain_signed_by_two_keys_verifies_with_both(
+    make_log: MakeLog, closed_log: Path, key: SigningKey, other_key: SigningKey
+) -> None:
+    """The signing key was replaced between two runs: give both keys."""
+    log = make_log(key=other_key)
+    write_entries(log, 7)
+    log.close()
+    both = verify([closed_log], [key.verify_key, other_key.verify_key])
+    assert both.ok, both.problems
+    assert both.chains[0].signed_by == (
+        key.verify_key.fingerprint,
+        other_key.verify_key.fingerprint,
+    )
+    problems = verify([closed_log], key.verify_key).problems
+    assert problems and {p.kind for p in problems} == {ProblemKind.FORGED}
+    assert all(p.seq is not None and p.seq > 16 for p in problems)  # only the second run's
+    with pytest.raises(AuditError, match="no verify key"):
+        verify([closed_log], [])

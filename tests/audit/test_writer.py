@@ -123,16 +123,46 @@ def test_missing_last_file_is_truncated(make_log: MakeLog, tmp_path: Path, key: 
     assert kinds == [ProblemKind.TRUNCATED]
 
 
-def test_rotation_by_time(make_log: MakeLog, tmp_path: Path, clock: ManualClock) -> None:
+def test_rotation_by_time(
+    make_log: MakeLog, tmp_path: Path, clock: ManualClock, key: SigningKey
+) -> None:
     log = make_log(rotate_seconds=60.0)
     write_entries(log, 3, clock)
-    clock.advance(60.0)
+    clock.advance(58.0)
+    log.tick()
+    assert log.stats.rotations == 0  # 59.5 s since the file was opened
+    clock.advance(0.5)
     log.tick()
     write_entries(log, 3, clock)
     log.close()
-    assert (tmp_path / "audit.jsonl.000001").exists()
+    rotated = tmp_path / "audit.jsonl.000001"
     assert log.stats.rotations == 1
-    assert verify([tmp_path], None).ok
+    last = entry_of(read_lines(rotated)[-1])
+    assert (last["event"], last["fields"]["reason"]) == ("checkpoint", "rotation")  # type: ignore[index]
+    first = entry_of(read_lines(tmp_path / "audit.jsonl")[0])
+    assert (first["seq"], first["prev"]) == (int(str(last["seq"])) + 1, last["hash"])
+    report = verify([tmp_path], key.verify_key)
+    assert report.ok, report.problems
+    assert report.chains[0].files == (str(rotated), str(tmp_path / "audit.jsonl"))
+
+
+def test_end_cut_off_a_rotated_file_is_removed(
+    make_log: MakeLog, tmp_path: Path, key: SigningKey
+) -> None:
+    """Cutting the end off a rotated file is caught by the next file's link."""
+    log = make_log(rotate_bytes=2000, checkpoint_entries=None)
+    write_entries(log, 20)
+    log.close()
+    rotated = tmp_path / "audit.jsonl.000001"
+    lines = read_lines(rotated)
+    assert [entry_of(x)["event"] for x in lines].count("checkpoint") == 1  # only the rotation
+    write_lines(rotated, lines[:-2])
+    problem = verify([tmp_path], key.verify_key).problems[0]
+    assert (problem.kind, problem.file) == (
+        ProblemKind.REMOVED,
+        str(tmp_path / "audit.jsonl.000002"),
+    )
+    assert "2 entries" in problem.message
 
 
 def test_closed_log_refuses_entries(make_log: MakeLog) -> None:
@@ -429,3 +459,63 @@ def test_refused_helper_matches_required_fields(make_log: MakeLog) -> None:
     )
     log.close()
     assert log.stats.written == 4
+
+
+def test_threaded_flush_runs_checkpoints_and_rotation_due_by_time(
+    tmp_path: Path, key: SigningKey, clock: ManualClock
+) -> None:
+    """A writer busy with entries still checkpoints and rotates on time, and flush() waits
+    for it: no sleeping needed to see it."""
+    path = tmp_path / "audit.jsonl"
+    config = AuditConfig(
+        path=path,
+        checkpoint_entries=None,
+        checkpoint_seconds=10.0,
+        rotate_bytes=None,
+        rotate_seconds=100.0,
+    )
+    log = AuditLog(config, key, clock=clock, chain_id=CHAIN_ID)
+    try:
+        write_entries(log, 3)
+        assert log.flush(30)
+        assert log.stats.checkpoints == 0
+        clock.advance(10.0)
+        assert log.flush(30)
+        assert log.stats.checkpoints == 1  # the chain_start is 10 s old
+        clock.advance(90.0)
+        assert log.flush(30)
+        assert log.stats.rotations == 1
+        rotated = read_lines(tmp_path / "audit.jsonl.000001")
+        assert entry_of(rotated[-1])["fields"]["reason"] == "rotation"  # type: ignore[index]
+    finally:
+        log.close()
+    report = verify([tmp_path], key.verify_key)
+    assert report.ok, report.problems
+
+
+def test_entry_queued_behind_close_is_written(tmp_path: Path, key: SigningKey) -> None:
+    """An append that raced with close() and landed behind the stop request is not lost."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(AuditConfig(path=path, checkpoint_entries=None), key)
+    gate = _Gate(log)
+    log.append("link_down", {"reason": "first"})
+    assert gate.entered.wait(30)
+    thread = log._thread
+    assert thread is not None
+
+    class LateAppend:
+        """close() joins the writer once its stop request is queued: slip an entry in."""
+
+        def join(self) -> None:
+            # what an append that passed the closed check just before close() queues
+            log._queue.append((log._clock(), "link_up", "sender", b'{"late":true}'))
+            gate.release.set()
+            assert thread is not None
+            thread.join()
+
+    log._thread = LateAppend()  # type: ignore[assignment]
+    log.close()
+    evs = events(path)
+    assert evs[-3:] == ["link_down", "link_up", "checkpoint"]
+    assert log.stats.dropped == 0
+    assert verify([path], key.verify_key).ok
