@@ -95,7 +95,15 @@ class AuditSettings(_Section):
     checkpoint_entries: Annotated[int, Field(ge=1)] | None = 1000
     checkpoint_seconds: Annotated[float, Field(gt=0)] | None = 60.0
     rotate_bytes: Annotated[int, Field(ge=1)] | None = 64 * 1024 * 1024
+    #: also rotate when the live file is this old (None: by size only)
+    rotate_seconds: Annotated[float, Field(gt=0)] | None = None
     fsync: Literal["never", "checkpoint", "entry"] = "checkpoint"
+    #: what a refused or quarantined record's entry says of its content: "none" (topic,
+    #: partition, offset, size), "digest" (+ SHA-256 of key and value, to match a copy
+    #: without showing it) or "full" (+ key, value and header values, base64, each cut at
+    #: record_content_max_bytes). The log is not encrypted: "full" puts plant data in it.
+    record_content: Literal["none", "digest", "full"] = "none"
+    record_content_max_bytes: Annotated[int, Field(ge=0, le=65536)] = 1024
     #: seconds over which per-record events (deliveries, rejections) are aggregated
     aggregate_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
 

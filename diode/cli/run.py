@@ -52,11 +52,22 @@ class _Service(Protocol[_Stats]):
     def run(self) -> _Stats: ...
 
 
+class _Reloadable(Protocol):
+    def request_reload(self) -> None: ...
+
+
 def _start(name: str, make: Callable[[], _S]) -> _S:
     try:
         return make()
     except (DiodeError, OSError) as exc:
         raise click.ClickException(f"{name} cannot start: {_one_line(exc)}") from exc
+
+
+def _reload_on_hup(service: _Reloadable) -> None:
+    def on_hup(_sig: int, _frame: FrameType | None) -> None:
+        service.request_reload()
+
+    signal.signal(signal.SIGHUP, on_hup)
 
 
 def _run_until_stopped(name: str, service: _Service[_Stats]) -> _Stats:
@@ -103,10 +114,7 @@ def sender_run(config_path: Path, log_level: str) -> None:
     _logging(log_level)
     service = _start("sender", lambda: SenderService(load_sender_config(config_path)))
 
-    def on_hup(_sig: int, _frame: FrameType | None) -> None:
-        service.request_reload()
-
-    signal.signal(signal.SIGHUP, on_hup)
+    _reload_on_hup(service)
     stats = _run_until_stopped("sender", service)
     click.echo(
         f"sender stopped: {stats.consumed} consumed, {stats.forwarded + stats.alerted} sent, "
@@ -135,6 +143,8 @@ def receiver_run(config_path: Path, log_level: str) -> None:
 
     \b
     Signals:
+      SIGHUP            reload policy_file (a broken file is rejected, the old one kept);
+                        a changed file is also picked up on its own within a second
       SIGTERM, SIGINT   hand the spool to Kafka for [spool] stop_flush_s, keep the rest on
                         disk for the next start (or audit it as gaps: memory spool), exit
 
@@ -146,6 +156,7 @@ def receiver_run(config_path: Path, log_level: str) -> None:
 
     _logging(log_level)
     service = _start("receiver", lambda: ReceiverService(load_receiver_config(config_path)))
+    _reload_on_hup(service)
     stats = _run_until_stopped("receiver", service)
     click.echo(
         f"receiver stopped: {stats.delivered} delivered, {stats.duplicates_skipped} duplicates "

@@ -1,20 +1,28 @@
 """What the sender and receiver programs set up the same way.
 
-Owns the opening of a service's audit log from its ``[audit]`` settings, the run-until-stopped
-loop and the wait of one of its turns, and the 32-byte form of a policy fingerprint that heartbeats carry (the
-sender sends it, the receiver compares its own policy with it).
+Owns the opening of a service's audit log from its ``[audit]`` settings, the fields a refused
+record's entry carries of its content (``[audit] record_content``), the audit entries of policy
+loads and reloads, the run-until-stopped loop and the wait of one of its turns, and the 32-byte
+form of a policy fingerprint that heartbeats carry (the sender sends it, the receiver compares
+its own policy with it).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from diode.audit import Actor, AuditConfig, AuditLog, FsyncPolicy
+from diode.audit import Actor, AuditConfig, AuditEvent, AuditLog, FsyncPolicy
 from diode.config import AuditSettings
+from diode.policy.reload import PolicyEvent, PolicyLoaded, PolicyRejected, PolicyReloaded
 from diode.protocol.crypto import SigningKey
+from diode.protocol.records import Record
+
+log = logging.getLogger("diode.services")
 
 #: longest wait for input in one turn of a service loop: keeps timers and signals responsive
 MAX_WAIT = 0.05
@@ -62,11 +70,73 @@ def open_audit_log(
             checkpoint_entries=settings.checkpoint_entries,
             checkpoint_seconds=settings.checkpoint_seconds,
             rotate_bytes=settings.rotate_bytes,
+            rotate_seconds=settings.rotate_seconds,
             fsync=FsyncPolicy(settings.fsync),
         ),
         key,
         clock=wall,
     )
+
+
+def record_content(settings: AuditSettings, record: Record) -> dict[str, object]:
+    """The fields of a refused or quarantined record's audit entry that speak of its content,
+    as ``[audit] record_content`` says: none by default (the payload stays in the plant)."""
+    mode = settings.record_content
+    if mode == "none":
+        return {}
+
+    def digest(data: bytes | None) -> str | None:
+        return None if data is None else hashlib.sha256(data).hexdigest()
+
+    out: dict[str, object] = {
+        "key_sha256": digest(record.key),
+        "value_sha256": digest(record.value),
+    }
+    if mode == "full":
+        limit = settings.record_content_max_bytes
+        cut = False
+
+        def b64(data: bytes | None) -> str | None:
+            nonlocal cut
+            if data is None:
+                return None
+            cut = cut or len(data) > limit
+            return base64.b64encode(data[:limit]).decode()
+
+        out["key_b64"] = b64(record.key)
+        out["value_b64"] = b64(record.value)
+        out["headers_b64"] = [[name, b64(value)] for name, value in record.headers]
+        out["content_truncated"] = cut
+    return out
+
+
+def audit_policy_event(audit: AuditLog, event: PolicyEvent) -> None:
+    """The audit entry (and log line) of a policy (re)load; an unchanged reload writes none."""
+    if isinstance(event, PolicyLoaded):
+        audit.append(
+            AuditEvent.POLICY_LOADED,
+            {"policy_fingerprint": event.fingerprint, "path": event.path},
+        )
+    elif isinstance(event, PolicyReloaded):
+        audit.append(
+            AuditEvent.POLICY_RELOADED,
+            {
+                "policy_fingerprint": event.fingerprint,
+                "old_fingerprint": event.old_fingerprint,
+                "path": event.path,
+            },
+        )
+        log.info("policy reloaded: %s", event.fingerprint)
+    elif isinstance(event, PolicyRejected):
+        audit.append(
+            AuditEvent.POLICY_REJECTED,
+            {
+                "reason": "; ".join(event.problems)[:1000],
+                "kept_fingerprint": event.kept_fingerprint,
+                "path": event.path,
+            },
+        )
+        log.error("policy %s rejected, keeping %s", event.path, event.kept_fingerprint)
 
 
 def loop_wait(timer: float | None, now: float) -> float:
@@ -88,7 +158,9 @@ __all__ = [
     "MAX_WAIT",
     "ServiceLoop",
     "TopicPartition",
+    "audit_policy_event",
     "loop_wait",
     "open_audit_log",
     "policy_fingerprint_bytes",
+    "record_content",
 ]

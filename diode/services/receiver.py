@@ -8,7 +8,8 @@ Owns the receiver's loop and the promises it keeps:
   unchanged and provenance headers are appended. Missing target topics are created when the
   config says so;
 * defence in depth: the target is re-checked against the receiver's own allow-list
-  (``allowed_topics`` globs and/or the policy file); anything else is refused and audited;
+  (``allowed_topics`` globs and/or the policy file, reloaded on SIGHUP or when it changes,
+  like the sender's); anything else is refused and audited;
 * duplicates: at start the last source offset delivered per (source topic, partition) is
   read from the IT topics' provenance headers, and records at or below it are skipped and
   counted, so a sender that resends uncommitted records after a restart adds nothing twice;
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,8 +48,9 @@ from diode.io.kafka import (
     read_provenance,
 )
 from diode.io.udp import UdpReceiver, UdpReceiverConfig
-from diode.policy import PolicyEngine, load_policy
+from diode.policy import PolicyEngine, ReloadingPolicy
 from diode.policy.model import RuleAction
+from diode.policy.reload import PolicyEvent, PolicyReloaded
 from diode.protocol.crypto import load_receiver_private_key, load_signing_key, load_verify_key
 from diode.protocol.events import HeartbeatReceived, RecordsDelivered
 from diode.protocol.receiver import ReceiverOptions, ReceiverSession
@@ -55,9 +58,11 @@ from diode.protocol.records import Record
 from diode.services.common import (
     ServiceLoop,
     TopicPartition,
+    audit_policy_event,
     loop_wait,
     open_audit_log,
     policy_fingerprint_bytes,
+    record_content,
 )
 from diode.services.protocol_audit import ProtocolAuditor
 from diode.services.spool import Spool, SpoolConfig, SpoolEntry, SpoolFsync, SpoolItem
@@ -171,22 +176,23 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         receiver_key = load_receiver_private_key(config.keys.receiver_key)
         sender_key = load_verify_key(config.keys.sender_public_key)
         audit_key = load_signing_key(config.keys.audit_key)
-        engine: PolicyEngine | None = None
-        policy_fp: str | None = None
-        if config.policy_file is not None:
-            policy = load_policy(config.policy_file)
-            engine = PolicyEngine(policy)
-            policy_fp = policy.fingerprint
-        self.allow = AllowList(list(config.allowed_topics), engine)
         self.audit = open_audit_log(config.audit, Actor.RECEIVER, audit_key, wall)
         self.auditor = ProtocolAuditor(self.audit, interval=config.audit.aggregate_seconds)
+        self._reload = threading.Event()
         self._closed = False
         self._udp: UdpReceiver | None = None
         self.spool: Spool | None = None
+        self.policy: ReloadingPolicy | None = None
         k = config.kafka
         self._client = dict(k.client)
         sp = config.spool
         try:
+            if config.policy_file is not None:
+                self.policy = ReloadingPolicy(config.policy_file, on_event=self._policy_event)
+            self.allow = AllowList(
+                list(config.allowed_topics),
+                self.policy.engine if self.policy is not None else None,
+            )
             self.spool = Spool(
                 SpoolConfig(
                     path=sp.path,
@@ -241,7 +247,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
             AuditEvent.SERVICE_START,
             {
                 "config_fingerprint": self.config_fingerprint,
-                "policy_fingerprint": policy_fp,
+                "policy_fingerprint": self.policy_fingerprint,
                 "udp": f"{self.local_address[0]}:{self.local_address[1]}",
                 "resume_partitions": len(self.last_delivered),
                 "provenance_records_read": sum(p.records for p in self.provenance.partitions),
@@ -291,6 +297,21 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
                 already,
             )
         return found - already, already
+
+    @property
+    def policy_fingerprint(self) -> str | None:
+        """The fingerprint of the policy the receiver re-checks with (None: globs only)."""
+        return self.policy.fingerprint if self.policy is not None else None
+
+    def request_reload(self) -> None:
+        """Reload the policy at the next turn of the loop (SIGHUP)."""
+        self._reload.set()
+
+    def _policy_event(self, event: PolicyEvent) -> None:
+        audit_policy_event(self.audit, event)
+        if isinstance(event, PolicyReloaded) and self.policy is not None:
+            # the re-check follows the new policy from the next record on
+            self.allow.engine = self.policy.engine
 
     @property
     def local_address(self) -> tuple[str, int]:
@@ -368,6 +389,12 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         wall = self._wall()
         self._report_losses(wall)
         self.auditor.tick(wall)
+        if self.policy is not None:
+            if self._reload.is_set():
+                self._reload.clear()
+                self.policy.reload()
+            else:
+                self.policy.check(now)
 
     def _drain_events(self) -> None:
         wall = self._wall()
@@ -463,6 +490,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
                 "rule": ALLOW_LIST_RULE,
                 "reason": reason[:500],
                 "bytes": rec.size,
+                **record_content(self.config.audit, rec),
             },
         )
 
@@ -640,9 +668,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
                 AuditEvent.SERVICE_STOP,
                 {
                     "config_fingerprint": self.config_fingerprint,
-                    "policy_fingerprint": (
-                        self.allow.engine.fingerprint if self.allow.engine is not None else None
-                    ),
+                    "policy_fingerprint": self.policy_fingerprint,
                     "records_delivered": self.stats.delivered,
                     "records_lost": counters.records_lost,
                     "duplicates_skipped": self.stats.duplicates_skipped,

@@ -37,7 +37,7 @@ from diode.io.udp import UdpSender, UdpSenderConfig
 from diode.policy import Action, Decision, Finding, ReloadingPolicy
 from diode.policy.model import RuleAction
 from diode.policy.patterns import glob_to_regex
-from diode.policy.reload import PolicyEvent, PolicyLoaded, PolicyRejected, PolicyReloaded
+from diode.policy.reload import PolicyEvent, PolicyReloaded
 from diode.protocol.crypto import load_receiver_public_key, load_signing_key
 from diode.protocol.events import KeyRotated, SenderCounters
 from diode.protocol.records import Record
@@ -45,9 +45,11 @@ from diode.protocol.sender import SenderSession
 from diode.services.common import (
     ServiceLoop,
     TopicPartition,
+    audit_policy_event,
     loop_wait,
     open_audit_log,
     policy_fingerprint_bytes,
+    record_content,
 )
 
 log = logging.getLogger(__name__)
@@ -379,6 +381,7 @@ class SenderService(ServiceLoop[SenderStats]):
                 "reason": reason[:500],
                 "action": action,
                 "bytes": record.size,
+                **record_content(self.config.audit, record),
             },
         )
 
@@ -447,6 +450,7 @@ class SenderService(ServiceLoop[SenderStats]):
                 "reason": "; ".join(decision.reasons)[:500],
                 "quarantine_topic": decision.target_topic,
                 "bytes": record.size,
+                **record_content(self.config.audit, record),
             },
         )
 
@@ -472,32 +476,9 @@ class SenderService(ServiceLoop[SenderStats]):
     def _policy_event(self, event: PolicyEvent) -> None:
         name = type(event).__name__
         self.stats.policy_events[name] = self.stats.policy_events.get(name, 0) + 1
-        if isinstance(event, PolicyLoaded):
-            self.audit.append(
-                AuditEvent.POLICY_LOADED,
-                {"policy_fingerprint": event.fingerprint, "path": event.path},
-            )
-        elif isinstance(event, PolicyReloaded):
-            self.audit.append(
-                AuditEvent.POLICY_RELOADED,
-                {
-                    "policy_fingerprint": event.fingerprint,
-                    "old_fingerprint": event.old_fingerprint,
-                    "path": event.path,
-                },
-            )
-            log.info("policy reloaded: %s", event.fingerprint)
+        audit_policy_event(self.audit, event)
+        if isinstance(event, PolicyReloaded):
             self._policy_changed()
-        elif isinstance(event, PolicyRejected):
-            self.audit.append(
-                AuditEvent.POLICY_REJECTED,
-                {
-                    "reason": "; ".join(event.problems)[:1000],
-                    "kept_fingerprint": event.kept_fingerprint,
-                    "path": event.path,
-                },
-            )
-            log.error("policy %s rejected, keeping %s", event.path, event.kept_fingerprint)
 
     def _policy_changed(self) -> None:
         """Heartbeats name the new policy; subscriptions that follow the policy follow it."""

@@ -260,3 +260,141 @@ path = "sender-audit.jsonl"
         report = verify([path], load_verify_key(key))
         assert report.ok, report
     assert list((tmp_path / "spool").glob("segment-*.spool")) == []
+
+
+def test_receiver_reloads_its_own_policy(
+    tmp_path: Path, ot_kafka: Any, it_kafka: Any, procs: list[Any]
+) -> None:
+    """The receiver re-checks with its own policy file: what that policy does not forward is
+    refused on the IT side (audited with the record's digests, not its content); SIGHUP
+    reloads it, a broken file is rejected and the old policy kept."""
+    prefix = f"rsig{uuid.uuid4().hex[:6]}"
+    ot, it = ot_kafka.bootstrap, it_kafka.bootstrap
+    keys = tmp_path / "keys"
+    generate_key_files(keys)
+    for t in ("a", "b"):
+        ensure_topic(ot, f"{prefix}.{t}", 1)
+    (tmp_path / "sender-policy.yaml").write_text(POLICY_V2.format(prefix=prefix))
+    r_policy = tmp_path / "receiver-policy.yaml"
+    r_policy.write_text(POLICY_V1.format(prefix=prefix))
+    port = _udp_port()
+    (tmp_path / "receiver.toml").write_text(
+        f"""
+policy_file = "receiver-policy.yaml"
+startup_timeout_s = 20
+[kafka]
+bootstrap_servers = "{it}"
+[udp]
+host = "127.0.0.1"
+port = {port}
+[keys]
+receiver_key = "keys/receiver.key"
+sender_public_key = "keys/sender.pub"
+audit_key = "keys/receiver-audit.key"
+[audit]
+path = "receiver-audit.jsonl"
+record_content = "digest"
+"""
+    )
+    (tmp_path / "sender.toml").write_text(
+        f"""
+policy_file = "sender-policy.yaml"
+[kafka]
+bootstrap_servers = "{ot}"
+group_id = "g-{prefix}"
+client = {{ "session.timeout.ms" = 6000 }}
+[udp]
+host = "127.0.0.1"
+port = {port}
+rate_mbit = 200
+[keys]
+signing_key = "keys/sender.key"
+receiver_public_key = "keys/receiver.pub"
+[audit]
+path = "sender-audit.jsonl"
+"""
+    )
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    r_log_path = tmp_path / "receiver.log"
+
+    def start(name: str, log: Path) -> subprocess.Popen[bytes]:
+        with log.open("wb") as out:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "diode", name, "run", "--config", f"{name}.toml"],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=tmp_path,
+            )
+        procs.append(p)
+        return p
+
+    def receiver_says(text: str) -> Callable[[], bool]:
+        return lambda: text in r_log_path.read_text(errors="replace")
+
+    def refused() -> list[dict[str, Any]]:
+        return [
+            e["fields"]
+            for e in _entries(tmp_path / "receiver-audit.jsonl")
+            if e["event"] == "record_refused"
+        ]
+
+    receiver = start("receiver", r_log_path)
+    _wait_for(receiver_says("receiver listening"), "the receiver to start", procs)
+    sender = start("sender", tmp_path / "sender.log")
+    _produce(ot, f"{prefix}.a", 0, 5)
+    _produce(ot, f"{prefix}.b", 0, 5)
+    _wait_for(lambda: _count(it, f"ot.{prefix}.a") >= 5, "topic a on IT", procs)
+    # b crosses the diode (the sender forwards it) but the receiver's policy refuses it
+    _wait_for(lambda: len(refused()) >= 5, "b refused on the IT side", procs)
+    assert _count(it, f"ot.{prefix}.b") == 0
+
+    r_policy.write_text("version: 1\nrules: [this is not a rule]\n")
+    receiver.send_signal(signal.SIGHUP)
+    _wait_for(receiver_says("rejected, keeping"), "the rejection", procs)
+
+    r_policy.write_text(POLICY_V2.format(prefix=prefix))
+    receiver.send_signal(signal.SIGHUP)
+    _wait_for(receiver_says("policy reloaded"), "the reload", procs)
+    _produce(ot, f"{prefix}.b", 5, 5)
+    _wait_for(lambda: _count(it, f"ot.{prefix}.b") >= 5, "b accepted after the reload", procs)
+
+    sender.send_signal(signal.SIGTERM)
+    assert sender.wait(30) == 0
+    receiver.send_signal(signal.SIGTERM)
+    assert receiver.wait(30) == 0
+    assert _count(it, f"ot.{prefix}.a") == 5 and _count(it, f"ot.{prefix}.b") == 5
+
+    r_log = _entries(tmp_path / "receiver-audit.jsonl")
+    events = [e["event"] for e in r_log]
+    assert events.count("policy_loaded") == 1
+    assert events.count("policy_rejected") == 1 and events.count("policy_reloaded") == 1
+    loaded = next(e["fields"] for e in r_log if e["event"] == "policy_loaded")
+    reloaded = next(e["fields"] for e in r_log if e["event"] == "policy_reloaded")
+    assert reloaded["old_fingerprint"] == loaded["policy_fingerprint"]
+    rejected = next(e["fields"] for e in r_log if e["event"] == "policy_rejected")
+    assert rejected["kept_fingerprint"] == loaded["policy_fingerprint"]
+    start_entry = next(e["fields"] for e in r_log if e["event"] == "service_start")
+    stop_entry = next(e["fields"] for e in r_log if e["event"] == "service_stop")
+    assert start_entry["policy_fingerprint"] == loaded["policy_fingerprint"]
+    assert stop_entry["policy_fingerprint"] == reloaded["policy_fingerprint"]
+    # the same policy on both sides has the same fingerprint
+    s_loaded = next(
+        e["fields"]
+        for e in _entries(tmp_path / "sender-audit.jsonl")
+        if e["event"] == "policy_loaded"
+    )
+    assert s_loaded["policy_fingerprint"] == reloaded["policy_fingerprint"]
+    # exactly the five records of b sent before the reload were refused, with digests only
+    gone = refused()
+    assert sorted(int(f["offset"]) for f in gone) == [0, 1, 2, 3, 4]
+    for f in gone:
+        assert f["topic"] == f"{prefix}.b" and f["rule"] == "receiver-allow-list"
+        value = f"{prefix}.b:{f['offset']}".encode()
+        assert f["value_sha256"] == hashlib.sha256(value).hexdigest()
+        assert f["key_sha256"] is None and "value_b64" not in f
+    report = verify(
+        [tmp_path / "receiver-audit.jsonl"], load_verify_key(keys / "receiver-audit.pub")
+    )
+    assert report.ok, report
