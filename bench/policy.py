@@ -159,7 +159,7 @@ def main() -> None:
             decisions[check.evaluate(rec, now).action.value] += 1
             now += 1e-5
     rate = statistics.median(rates)
-    # the same, with 10% of records refused (schema and field violations -> quarantine), which
+    # the same, with 10% of records refused (schema and field violations: dropped), which
     # takes the slow path that builds reasons
     mixed_records = make_records(n, seed=8, bad_share=0.1)
     mixed = statistics.median(

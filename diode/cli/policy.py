@@ -35,11 +35,18 @@ def _problems(exc: PolicyValidationError) -> str:
     return "\n".join(f"{f}:{line}: {msg}" for f, line, msg in exc.problems)
 
 
-def _load(path: Path) -> Policy:
+class _Trouble(click.ClickException):
+    """An error that exits 2, for commands whose 1 means an answer (``diff``: different)."""
+
+    exit_code = 2
+
+
+def _load(path: Path, *, trouble: bool = False) -> Policy:
     try:
         return load_policy(path)
     except PolicyValidationError as exc:
-        raise click.ClickException(f"{path} is not a valid policy:\n{_problems(exc)}") from exc
+        kind = _Trouble if trouble else click.ClickException
+        raise kind(f"{path} is not a valid policy:\n{_problems(exc)}") from exc
 
 
 @click.group("policy")
@@ -105,9 +112,10 @@ def validate(files: tuple[Path, ...], quiet: bool) -> None:
 
     Every problem is printed as FILE:LINE: message: unknown or missing keys, wrong types,
     bad or too costly regexes, missing or invalid JSON Schema files, rules that overlap with
-    different actions (or are too complex to be shown not to), quarantine topics a
-    forwarding rule would pick up, rate settings that could never work (burst_bytes below
-    max_bytes; a rate on a drop or quarantine rule).
+    different actions (or are too complex to be shown not to), rules that can never apply
+    (an earlier rule with the same action matches all their topics, or their `except`
+    does), quarantine topics a forwarding rule would pick up, rate settings that could
+    never work (burst_bytes below max_bytes; a rate on a drop or quarantine rule).
 
     \b
     Example:
@@ -134,10 +142,15 @@ def _rate(pol: Policy, i: int) -> str:
         return ""
     parts = []
     if r.records_per_s is not None:
-        parts.append(f"{r.records_per_s:g} rec/s")
+        parts.append(f"{_num(r.records_per_s)} rec/s")
     if r.bytes_per_s is not None:
-        parts.append(f"{r.bytes_per_s:g} B/s")
+        parts.append(f"{_num(r.bytes_per_s)} B/s")
     return ", ".join(parts) + (" per rule" if r.per == "rule" else "")
+
+
+def _num(x: float) -> str:
+    """2500000, not 2.5e+06: a table is read by people comparing digits."""
+    return str(int(x)) if x.is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
 @policy.command("show")
@@ -150,17 +163,21 @@ def show(file: Path) -> None:
       diode policy show policies/default.yaml
     """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     pol = _load(file)
     m = pol.model
-    table = Table(title=f"{m.name}  (fingerprint {pol.fingerprint[:16]}...)")
-    for col in ("id", "match", "action", "IT topic", "max bytes", "rate", "value", "checks"):
-        table.add_column(col)
+    table = Table(title=escape(f"{m.name}  (fingerprint {pol.fingerprint[:16]}...)"))
+    for col in ("id", "match", "action", "target topic", "max bytes", "rate", "value", "checks"):
+        # fold rather than cut: a pattern shown in part is a pattern shown wrong
+        table.add_column(col, overflow="fold")
     for i, r in enumerate(m.rules):
-        target = r.to or (f"{r.prefix}<topic>" if r.prefix else "<topic>")
-        if not r.action.as_action().crosses:
-            target = pol.quarantine_topic(r) or "" if r.action.value == "quarantine" else ""
+        target = "IT " + (r.to or (f"{r.prefix}<topic>" if r.prefix else "<topic>"))
+        if r.action is RuleAction.QUARANTINE:
+            target = f"OT {pol.quarantine_topic(r)} (quarantine)"
+        elif r.action is RuleAction.DROP:
+            target = ""
         value = ""
         if r.value is not None:
             value = r.value.format
@@ -178,16 +195,18 @@ def show(file: Path) -> None:
             names = [n for n in ("rate", "size", "timestamp", "silence") if getattr(a, n)]
             names += [f"field {f}" for f in a.fields]
             checks.append("anomaly " + ",".join(names))
-        table.add_row(
+        # cells are text, not rich markup: `[a-z0-9]` in a regex must show as written
+        cells = (
             r.id,
             r.match.describe(),
             r.action.value,
             target,
-            str(r.max_bytes or m.defaults.max_bytes),
+            "" if r.action is RuleAction.DROP else str(r.max_bytes or m.defaults.max_bytes),
             _rate(pol, i),
             value,
             "; ".join(checks),
         )
+        table.add_row(*(escape(c) for c in cells))
     table.add_row("default-deny", "any other topic", "drop", "", "", "", "", "")
     console = Console()
     if not console.is_terminal:
@@ -244,6 +263,9 @@ def _write_edit(file: Path, doc: edit.Document, changes: list[str], dry_run: boo
     if dry_run:
         click.echo(text, nl=False)
         return
+    if text == doc.text:
+        click.echo(f"{file} is unchanged (fingerprint {pol.fingerprint})")
+        return
     edit.write_atomically(file, text)
     click.echo(f"wrote {file} (fingerprint {pol.fingerprint})")
 
@@ -286,10 +308,14 @@ def allow(
 ) -> None:
     """Let TOPIC (a name, or a glob with * ? [..]) cross, editing FILE in place.
 
-    Updates the rule that matches exactly TOPIC, or appends a new one. Rules that drop part
-    of TOPIC stay in force: their topics are added to the new rule's `except` (a rule that
+    Updates the rule that matches exactly TOPIC, or adds one where it takes effect (the
+    first matching rule decides): inside a forwarding rule that covers it already, just
+    above that rule, starting from a copy of its settings so that no check is lost (with no
+    option given, nothing changes); otherwise at the end. Rules that do not forward part of
+    TOPIC stay in force: their topics are added to the new rule's `except` (a rule that
     matches by regex is added as the globs that mean exactly that regex; where there are
-    none, nothing is written and the message shows what to write by hand). Comments and
+    none, nothing is written and the message shows what to write by hand). If they cover
+    all of TOPIC, nothing is written and the message says which rule to edit. Comments and
     order are kept; the result is validated before it is written, and written atomically.
 
     \b
@@ -327,7 +353,8 @@ def deny(file: Path, topic: str, rule_id: str | None, dry_run: bool) -> None:
 
     Adds a drop rule for TOPIC (or turns the rule that matches exactly TOPIC into one, and
     removes its `rate`, which a drop rule never uses) and lists TOPIC under `except` in
-    every rule that would otherwise forward it.
+    every rule that would otherwise forward it. A TOPIC that a drop rule covers already
+    is left as it is.
 
     \b
     Example:
@@ -348,13 +375,14 @@ def diff(a: Path, b: Path) -> None:
     """Show how policy B differs from A in meaning; exit 0 if the same, 1 if not.
 
     Comments, key order and spelled-out defaults do not count; rules are paired by id.
-    Lines start with + (rule added), - (removed) or ~ (changed).
+    Lines start with + (rule added), - (removed) or ~ (changed). As with diff(1), exit
+    status 2 means trouble: A or B is not a valid policy (its problems are printed).
 
     \b
     Example:
       diode policy diff /etc/diode/policy.yaml plant-new.yaml
     """
-    pa, pb = _load(a), _load(b)
+    pa, pb = _load(a, trouble=True), _load(b, trouble=True)
     lines = diff_policies(pa, pb)
     if not lines:
         click.echo(f"same policy (fingerprint {pa.fingerprint})")

@@ -40,9 +40,9 @@ def diff_policies(a: Policy, b: Policy) -> list[str]:
     for key in sorted(fa.keys() | fb.keys()):
         if fa.get(key) != fb.get(key):
             lines.append(f"~ {key}: {_show(fa.get(key))} -> {_show(fb.get(key))}")
-    for rid in rules_a.keys() - rules_b.keys():
-        r = rules_a[rid]
-        lines.append(f"- rule {rid!r} ({r['action']} {_match(r)})")
+    for rid, r in rules_a.items():  # file order, so the output is the same every run
+        if rid not in rules_b:
+            lines.append(f"- rule {rid!r} ({r['action']} {_match(r)})")
     for rid, r in rules_b.items():
         if rid not in rules_a:
             lines.append(f"+ rule {rid!r} ({r['action']} {_match(r)})")

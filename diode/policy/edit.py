@@ -5,13 +5,16 @@ everything not touched survive. Since overlapping rules must agree on their acti
 or denying a topic also carves it out of (``except``) the rules it would otherwise collide
 with. ``except`` lists globs, so a refusing rule that matches by regex is carved out by the
 globs that mean exactly that regex when there are such (``patterns.regex_as_globs``);
-otherwise the edit is refused with the lines to write by hand. The caller validates the
-result (``render``) and replaces the file atomically (``write_atomically``).
+otherwise the edit is refused with the lines to write by hand. Since the first matching rule
+decides, a new rule goes where it takes effect: above a forwarding rule that covers it,
+starting from that rule's settings, so an edit never silently shadows or loses a check.
+The caller validates the result (``render``) and replaces the file atomically
+(``write_atomically``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import os
 import re
 import tempfile
@@ -29,6 +32,9 @@ from diode.policy import patterns
 from diode.policy.loader import Policy, dump_yaml, load_policy_text, parse_yaml
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+#: product states for the searches that only decide where an edit goes (the result is
+#: validated in full before it is written)
+_BUDGET = 20_000
 
 
 def match_kind(topic: str, *, regex: bool = False) -> str:
@@ -165,9 +171,15 @@ def allow(
 ) -> list[str]:
     """Make ``topic`` (exact name, glob, or regex) cross; return what changed, in words.
 
+    A new rule goes where it takes effect: the first matching rule decides, so a rule
+    narrower than a forwarding rule that already covers it is put just above that rule and
+    starts as a copy of its settings (target, limits, checks), which the options then
+    change; nothing checked before is lost. If a forwarding rule covers ``topic`` already
+    and no option asks for a change, nothing changes.
+
     Raises ``PolicyError`` saying what to write by hand when a refusing rule that overlaps
-    matches by a regex that no list of globs can express (``source`` names the file in
-    that message)."""
+    matches by a regex that no list of globs can express, or when rules that do not
+    forward cover every topic of ``topic`` (``source`` names the file in that message)."""
     kind = match_kind(topic, regex=regex)
     rules = _rules(doc)
     changes: list[str] = []
@@ -180,19 +192,14 @@ def allow(
             rule["description"] = opts.description
         rule["match"] = _flow({kind: DoubleQuotedScalarString(topic)})
         rule["action"] = "forward"
-        rules.append(rule)
-        changes.append(f"added rule {rule['id']!r} forwarding {kind} {topic}")
-    elif _action(rule) != "forward":
-        changes.append(f"rule {rule['id']!r}: action {_action(rule)} -> forward")
-        rule["action"] = "forward"
-    else:
-        changes.append(f"rule {rule['id']!r} already forwards {kind} {topic}")
-    _apply(rule, opts, changes)
     # narrower rules that refuse part of this pattern stay in force as exceptions
+    carved: list[str] = []
     stuck: list[tuple[Any, str | None]] = []
+    keepers: list[Any] = []
     for other, common in _overlapping(rules, kind, topic, rule):
         if _action(other) == "forward":
             continue
+        keepers.append(other)
         om = other["match"]
         carve = [om[k] for k in ("exact", "glob") if isinstance(om.get(k), str)]
         if not carve and isinstance(om.get("regex"), str):
@@ -202,10 +209,142 @@ def allow(
                 continue
         for glob in carve:
             if _add_except(rule, glob):
-                changes.append(f"rule {rule['id']!r}: except {glob} (kept by {other['id']!r})")
+                carved.append(f"rule {rule['id']!r}: except {glob} (kept by {other['id']!r})")
     if stuck:
+        _apply(rule, opts, [])  # the rule to write by hand has what was asked for
         raise PolicyError(_by_hand(rule, topic, stuck, source, new=created))
+    cover: tuple[int, Any] | None = None
+    if created:
+        if _matches_nothing(rule):
+            raise PolicyError(_kept_out(topic, keepers, source))
+        cover = _covering(rules, rule)
+        if cover is not None and opts == TopicOptions():
+            kept = f" (but for what {_names(keepers)} keep{'s' * (len(keepers) == 1)})"
+            return [
+                f"{kind} {topic} already crosses by rule {cover[1]['id']!r}"
+                f"{kept if keepers else ''}; nothing changed (give an option such as --to or "
+                "--max-bytes for a rule of its own)"
+            ]
+        if cover is not None:
+            for key, value in cover[1].items():
+                if key not in ("id", "description", "match", "action"):
+                    rule[key] = _bare_copy(value)
+            changes.append(
+                f"added rule {rule['id']!r} forwarding {kind} {topic}, above rule "
+                f"{cover[1]['id']!r} (which covers it, and whose settings it starts from)"
+            )
+            rate = rule.get("rate")
+            if isinstance(rate, dict) and rate.get("per") == "rule":
+                changes.append(
+                    f"note: rule {rule['id']!r} has a `per: rule` rate bucket of its own, "
+                    f"apart from that of rule {cover[1]['id']!r}: together they let more "
+                    "through than before"
+                )
+        else:
+            changes.append(f"added rule {rule['id']!r} forwarding {kind} {topic}")
+    elif _action(rule) != "forward":
+        changes.append(f"rule {rule['id']!r}: action {_action(rule)} -> forward")
+        rule["action"] = "forward"
+    else:
+        changes.append(f"rule {rule['id']!r} already forwards {kind} {topic}")
+    _apply(rule, opts, changes)
+    changes += carved
+    if created:
+        at = cover[0] if cover is not None else len(rules)
+        rules.insert(at, rule)
+        before = {id(r) for r in list(rules)[:at]}
+        for other, common in _overlapping(rules, kind, topic, rule):
+            if _action(other) == "forward" and id(other) in before and common is not None:
+                changes.append(
+                    f"note: rule {other['id']!r} comes first and still decides the topics "
+                    f"both match, such as {common!r}"
+                )
     return changes
+
+
+def _covering(rules: CommentedSeq, rule: Any) -> tuple[int, Any] | None:
+    """The first forwarding rule that matches every topic ``rule`` does, and its index."""
+    mine = _nfa(rule.get("match"))
+    if mine is None:
+        return None
+    for i, r in enumerate(rules):
+        if r is rule or not isinstance(r, dict) or _action(r) != "forward":
+            continue
+        theirs = _nfa(r.get("match"))
+        if theirs is not None and _covers(theirs, mine):
+            return i, r
+    return None
+
+
+def _dropped_by(rules: CommentedSeq, kind: str, topic: str) -> Any | None:
+    """The first drop rule that matches every topic ``topic`` does."""
+    try:
+        mine = patterns.TopicNFA.from_regex(_regex_of(kind, topic))
+    except (patterns.PatternError, re.error):
+        return None
+    for r in rules:
+        if isinstance(r, dict) and _action(r) == "drop":
+            theirs = _nfa(r.get("match"))
+            if theirs is not None and _covers(theirs, (mine, [])):
+                return r
+    return None
+
+
+def _covers(
+    outer: tuple[patterns.TopicNFA, list[patterns.TopicNFA]],
+    inner: tuple[patterns.TopicNFA, list[patterns.TopicNFA]],
+) -> bool:
+    """True if ``outer`` (pattern, excepts) matches every topic ``inner`` does; False when
+    it does not or the search cannot tell."""
+    (o_nfa, o_ex), (i_nfa, i_ex) = outer, inner
+    try:
+        if patterns.find_common_topic([i_nfa], [], [o_nfa, *i_ex], budget=_BUDGET) is not None:
+            return False
+        return all(
+            patterns.find_common_topic([i_nfa], [e], i_ex, budget=_BUDGET) is None for e in o_ex
+        )
+    except patterns.OverlapUndecidedError:
+        return False
+
+
+def _matches_nothing(rule: Any) -> bool:
+    """True if the rule's ``except`` leaves none of its topics."""
+    nfa = _nfa(rule.get("match"))
+    if nfa is None or not nfa[1]:
+        return False
+    try:
+        return patterns.find_common_topic([nfa[0]], [], nfa[1], budget=_BUDGET) is None
+    except patterns.OverlapUndecidedError:
+        return False
+
+
+def _names(rules: list[Any]) -> str:
+    return ", ".join(f"{r['id']!r} ({_action(r)})" for r in rules)
+
+
+def _kept_out(topic: str, keepers: list[Any], source: str) -> str:
+    return (
+        f"cannot allow {topic!r}: every topic it matches is kept by {_names(keepers)}, and `allow` "
+        "leaves rules that do not forward in force. To let it cross, edit that rule in "
+        f"{source} by hand (narrow its match, or list {topic!r} under its `except`), then run "
+        f"`diode policy validate {source}`."
+    )
+
+
+def _bare_copy(node: Any) -> Any:
+    """A copy of a YAML node without its comments (they describe the original), keeping
+    flow or block style and quoting."""
+    if isinstance(node, CommentedMap):
+        out = CommentedMap((k, _bare_copy(v)) for k, v in node.items())
+        if node.fa.flow_style():
+            out.fa.set_flow_style()
+        return out
+    if isinstance(node, CommentedSeq):
+        seq = CommentedSeq(_bare_copy(v) for v in node)
+        if node.fa.flow_style():
+            seq.fa.set_flow_style()
+        return seq
+    return copy.copy(node)
 
 
 def _by_hand(
@@ -294,6 +433,12 @@ def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[s
     changes: list[str] = []
     rule = next((r for r in rules if _same_match(r.get("match"), kind, topic)), None)
     if rule is None:
+        dropping = _dropped_by(rules, kind, topic)
+        if dropping is not None:
+            # a second drop rule below it would never apply (and would not validate)
+            return [
+                f"{kind} {topic} is already dropped by rule {dropping['id']!r}; nothing changed"
+            ]
         rule = CommentedMap()
         rule["id"] = rule_id or _new_id(rules, "deny-" + topic.replace("*", "all"))
         rule["match"] = _flow({kind: DoubleQuotedScalarString(topic)})
@@ -320,10 +465,12 @@ def deny(doc: CommentedMap, topic: str, *, rule_id: str | None = None) -> list[s
 
 @dataclass(frozen=True, slots=True)
 class Document:
-    """A policy file opened for editing, with the indentation it was written in."""
+    """A policy file opened for editing, with the indentation it was written in and the
+    text it was read from (an edit that changes nothing need not be written)."""
 
     data: CommentedMap
     indent: tuple[int, int, int]
+    text: str = ""
 
 
 def read_document(path: Path) -> Document:
@@ -331,7 +478,7 @@ def read_document(path: Path) -> Document:
     data = parse_yaml(text, str(path))
     if not isinstance(data, CommentedMap):
         raise PolicyError(f"{path}: a policy file is a YAML mapping")
-    return Document(data, _guess_indent(text))
+    return Document(data, _guess_indent(text), text)
 
 
 def _guess_indent(text: str) -> tuple[int, int, int]:
@@ -354,18 +501,27 @@ def render(doc: Document, path: Path) -> tuple[str, Policy]:
 
 def write_atomically(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` so a reader sees the old file or the new, never half."""
-    mode = None
-    with contextlib.suppress(FileNotFoundError):
+    try:
         mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        # a new file gets what open() would have given it; mkstemp's 0600 would keep the
+        # policy from a service that runs as another user
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # the only way to read it is to set it; the CLI is single-threaded
+    old = os.umask(0o022)
+    os.umask(old)
+    return old

@@ -426,20 +426,23 @@ class PolicyEngine:
         where: str,
         bad: list[tuple[str, str]] | None,
     ) -> list[tuple[str, str]] | None:
+        plural = where == "headers"
         if len(data) > c.scan_bytes:
             bad = bad or []
             bad.append(
                 (
                     "deny",
-                    f"deny: {where} is {len(data)} bytes, more than deny_scan_bytes "
-                    f"{c.scan_bytes}, so it cannot be scanned",
+                    f"deny: {where} {'are' if plural else 'is'} {len(data)} bytes, more than "
+                    f"deny_scan_bytes {c.scan_bytes}, so {'they' if plural else 'it'} cannot "
+                    "be scanned",
                 )
             )
             return bad
+        verb = "match" if plural else "matches"
         for rx, label in pats:
             if rx.search(data) is not None:
                 bad = bad or []
-                bad.append(("deny", f"deny: {where} matches {label!r}"))
+                bad.append(("deny", f"deny: {where} {verb} {label!r}"))
         return bad
 
     def _refuse(

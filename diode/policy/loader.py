@@ -44,6 +44,9 @@ MAX_POLICY_BYTES = 4 << 20
 _GLOB_CHARS = frozenset(patterns.TOPIC_ALPHABET + "*?[]!")
 #: a JSON Schema file larger than this is refused before it is read
 MAX_SCHEMA_BYTES = 1 << 20
+#: product states for the searches behind advice (a rule that can never apply), which
+#: give up quietly: a tenth of the overlap check's, so advice never slows a load much
+MAX_ADVICE_STATES = 20_000
 
 Loc = tuple[str | int, ...]
 
@@ -170,11 +173,18 @@ def load_policy_text(text: str, *, path: Path | None = None, display: str | None
     try:
         model = PolicyModel.model_validate(doc)
     except ValidationError as exc:
-        problems = [
-            (shown, line_of(doc, tuple(err["loc"])), _pydantic_message(err))
-            for err in exc.errors(include_url=False)
+        structure = _structure_problems(doc, exc)
+        # the patterns are checked too, so one run shows a bad regex next to a mistyped key
+        seen = {loc for loc, _ in structure}
+        extra = [
+            (loc, msg)
+            for loc, msg in _raw_pattern_problems(doc)
+            if not any(s[: len(loc)] == loc for s in seen)
         ]
-        raise PolicyValidationError(problems) from exc
+        located = sorted(
+            ((line_of(doc, loc), msg) for loc, msg in structure + extra), key=lambda p: p[0]
+        )
+        raise PolicyValidationError([(shown, line, msg) for line, msg in located]) from exc
     found: list[tuple[Loc, str]] = []
     schemas = _check(model, base, found)
     if found:
@@ -183,15 +193,124 @@ def load_policy_text(text: str, *, path: Path | None = None, display: str | None
     return Policy(model=model, path=path, fingerprint=fingerprint(model, schemas), schemas=schemas)
 
 
-def _pydantic_message(err: Any) -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+def _pydantic_message(err: Any, loc: Loc | None = None) -> str:
+    where = ".".join(str(p) for p in (err["loc"] if loc is None else loc))
     kind = err["type"]
     if kind == "extra_forbidden":
-        return f"unknown key {loc!r}"
+        return f"unknown key {where!r}"
     if kind == "missing":
-        return f"missing key {loc!r}"
+        return f"missing key {where!r}"
     msg = str(err["msg"]).removeprefix("Value error, ")
-    return f"{loc}: {msg}" if loc else msg
+    return f"{where}: {msg}" if where else msg
+
+
+#: how pydantic names the member of a union that an error is about (``str``, ``int``,
+#: ``literal['a','b']``, ``list[...]``): a step in its error location that is no key of ours
+_UNION_MEMBER = re.compile(r"(?:str|int|float|bool|none|[a-z][a-z-]*\[.*\])\Z", re.DOTALL)
+
+
+def _union_split(doc: Any, loc: Loc) -> tuple[Loc, str, Loc, Any] | None:
+    """For an error inside one member of a union: (where the value is, the member, the
+    rest of the location, the value); None for any other error."""
+    node = doc
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            continue
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            continue
+        if isinstance(part, str) and _UNION_MEMBER.match(part):
+            return loc[:i], part, loc[i + 1 :], node
+        return None
+    return None
+
+
+def _structure_problems(doc: Any, exc: ValidationError) -> list[tuple[Loc, str]]:
+    """Pydantic's errors as (location, message). A value that fits no member of a union
+    (``type: float``, an object in ``enum``) is one problem, not one per member."""
+    out: list[tuple[Loc, str]] = []
+    unions: dict[Loc, list[tuple[str, Loc, Any]]] = {}
+    values: dict[Loc, Any] = {}
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        split = _union_split(doc, loc)
+        if split is None:
+            out.append((loc, _pydantic_message(err)))
+            continue
+        at, member, rest, value = split
+        if at not in unions:
+            out.append((at, ""))  # keeps the place of the first member's error
+        unions.setdefault(at, []).append((member, rest, err))
+        values[at] = value
+    result: list[tuple[Loc, str]] = []
+    for loc, msg in out:
+        if loc not in unions:
+            result.append((loc, msg))
+            continue
+        branches = unions[loc]
+        is_list = isinstance(values[loc], list)
+        # a list was meant for the list member, anything else for the others
+        chosen = [b for b in branches if b[0].startswith("list[") == is_list] or branches
+        if is_list:
+            result += [(loc + rest, _pydantic_message(err, loc + rest)) for _, rest, err in chosen]
+            continue
+        msgs = list(dict.fromkeys(str(err["msg"]) for _, _, err in chosen))
+        lead = "Input should be a valid "
+        if len(msgs) > 1 and all(m.startswith(lead) for m in msgs):
+            kinds = [m.removeprefix(lead) for m in msgs]
+            text = lead + ", ".join(kinds[:-1]) + " or " + kinds[-1]
+        else:
+            text = "; or ".join(msgs)
+        if any(b[0].startswith("list[") for b in branches):
+            text += ", or a list of them"
+        result.append((loc, f"{'.'.join(str(p) for p in loc)}: {text}"))
+    return result
+
+
+def _raw_pattern_problems(doc: Any) -> list[tuple[Loc, str]]:
+    """Bad topic and deny regexes, found in the raw document (for a file whose structure
+    is also wrong, so the model cannot be built)."""
+    found: list[tuple[Loc, str]] = []
+    rules = doc.get("rules") if isinstance(doc, dict) else None
+    if not isinstance(rules, list):
+        return found
+    for i, raw in enumerate(rules):
+        if not isinstance(raw, dict):
+            continue
+        match = raw.get("match")
+        if isinstance(match, dict):
+            kinds = [k for k in ("exact", "glob", "regex") if isinstance(match.get(k), str)]
+            if len(kinds) == 1:
+                kind = kinds[0]
+                loc: Loc = ("rules", i, "match", kind)
+                try:
+                    pattern = str(match[kind])
+                    regex = (
+                        re.escape(pattern)
+                        if kind == "exact"
+                        else patterns.glob_to_regex(pattern)
+                        if kind == "glob"
+                        else pattern
+                    )
+                    patterns.compile_topic_regex(regex, f"topic {kind}")
+                except patterns.PatternError as exc:
+                    found.append((loc, str(exc)))
+            excepts = match.get("except")
+            for j, ex in enumerate(excepts if isinstance(excepts, list) else []):
+                if isinstance(ex, str):
+                    try:
+                        patterns.compile_topic_regex(patterns.glob_to_regex(ex), "except glob")
+                    except patterns.PatternError as exc:
+                        found.append((("rules", i, "match", "except", j), str(exc)))
+        deny = raw.get("deny")
+        for j, d in enumerate(deny if isinstance(deny, list) else []):
+            if isinstance(d, dict) and isinstance(d.get("pattern"), str):
+                try:
+                    patterns.compile_deny_pattern(str(d["pattern"]))
+                except patterns.PatternError as exc:
+                    found.append((("rules", i, "deny", j, "pattern"), str(exc)))
+    return found
 
 
 def fingerprint(model: PolicyModel, schemas: Mapping[str, SchemaFile]) -> str:
@@ -317,13 +436,18 @@ def _rule_matcher(i: int, rule: Rule, found: list[tuple[Loc, str]]) -> _Matcher 
             found.append(
                 (
                     loc,
-                    f"topic {m.kind} {m.pattern!r} has characters no Kafka topic name "
+                    f"topic {m.kind} {patterns.show_pattern(m.pattern)} has characters no Kafka topic name "
                     f"can contain: {''.join(bad)!r}",
                 )
             )
             return None
     if not patterns.matches_some_topic(nfa):
-        found.append((loc, f"topic {m.kind} {m.pattern!r} cannot match any legal Kafka topic name"))
+        found.append(
+            (
+                loc,
+                f"topic {m.kind} {patterns.show_pattern(m.pattern)} cannot match any legal Kafka topic name",
+            )
+        )
         return None
     excepts: list[patterns.TopicNFA] = []
     ex_compiled: list[re.Pattern[str]] = []
@@ -373,6 +497,8 @@ def _check_overlaps(
         mj = matchers[j]
         if mj is None or mj.nfa is None:
             continue
+        if _never_applies(rules, matchers, j, found):
+            continue
         for i in range(j):
             mi = matchers[i]
             if mi is None or mi.nfa is None or rules[i].action == rules[j].action:
@@ -400,6 +526,58 @@ def _check_overlaps(
                         f"{common!r}; list the narrower one in the other's `except`",
                     )
                 )
+
+
+def _covered(nfa: patterns.TopicNFA, excluded: Sequence[patterns.TopicNFA]) -> bool:
+    """True if every topic ``nfa`` matches is matched by one of ``excluded``; False when
+    not, or when the search cannot tell (these checks catch mistakes, they guard nothing)."""
+    try:
+        return patterns.find_common_topic([nfa], [], excluded, budget=MAX_ADVICE_STATES) is None
+    except patterns.OverlapUndecidedError:
+        return False
+
+
+def _never_applies(
+    rules: Sequence[Rule],
+    matchers: Sequence[_Matcher | None],
+    j: int,
+    found: list[tuple[Loc, str]],
+) -> bool:
+    """Report rule ``j`` if no record can ever reach it: its ``except`` covers its whole
+    match, or an earlier rule with the same action matches every topic it does (the first
+    matching rule decides, so its target, limits and checks would silently never run).
+    Earlier rules with a different action are the overlap check's business."""
+    rule, mj = rules[j], matchers[j]
+    assert mj is not None and mj.nfa is not None
+    desc = rule.match.describe()
+    if mj.excepts and _covered(mj.nfa, mj.excepts):
+        found.append(
+            (
+                ("rules", j, "match"),
+                f"rule {rule.id!r} matches no topic: its `except` covers every topic of {desc}",
+            )
+        )
+        return True
+    for i in range(j):
+        mi = matchers[i]
+        if (
+            mi is None
+            or mi.nfa is None
+            or mi.excepts  # an earlier rule with exceptions is not checked: a cheap, safe miss
+            or rules[i].action != rule.action
+        ):
+            continue
+        if _covered(mj.nfa, [mi.nfa, *mj.excepts]):
+            found.append(
+                (
+                    ("rules", j, "match"),
+                    f"rule {rule.id!r} never applies: rule {rules[i].id!r} comes first and "
+                    f"matches every topic it does ({desc}), and the first matching rule "
+                    f"decides; move {rule.id!r} above {rules[i].id!r}, or remove it",
+                )
+            )
+            return True
+    return False
 
 
 # --- JSON Schema files ----------------------------------------------------------------------

@@ -192,7 +192,16 @@ def _parse(pattern: str | bytes, what: str, limit: int | None = MAX_PATTERN_CHAR
 
 def _show(pattern: str | bytes) -> str:
     text = pattern.decode("latin-1") if isinstance(pattern, bytes) else pattern
-    return repr(text)
+    return show_pattern(text)
+
+
+def show_pattern(pattern: str) -> str:
+    r"""A pattern quoted for a message, as it is written in a policy: ``'a\.b'``, not
+    ``'a\\.b'`` as ``repr`` has it (which reads as a different regex). ``repr`` only
+    for what could not be read back otherwise: a quote, a newline, a control character."""
+    if pattern.isprintable() and "'" not in pattern:
+        return f"'{pattern}'"
+    return repr(pattern)
 
 
 _REFUSED = {
@@ -226,7 +235,7 @@ def compile_deny_pattern(pattern: str) -> re.Pattern[bytes]:
     ways = checker.sequence(list(parsed), parsed.state.flags, top=True)
     if ways > MAX_BACKTRACK:
         raise PatternError(
-            f"deny pattern {pattern!r} can match one position in about {ways} ways, more than "
+            f"deny pattern {show_pattern(pattern)} can match one position in about {ways} ways, more than "
             f"the limit {MAX_BACKTRACK}; narrow its bounded repeats or alternatives"
         )
     return re.compile(raw)
@@ -271,7 +280,7 @@ def utf8_deny_source(pattern: str) -> bytes:
         lead = len(pattern[: m.start()]) - len(pattern[: m.start()].rstrip("\\"))
         if lead % 2 == 0:
             raise PatternError(
-                f"deny pattern {pattern!r} mixes non-ASCII characters with \\xNN escapes of "
+                f"deny pattern {show_pattern(pattern)} mixes non-ASCII characters with \\xNN escapes of "
                 f"bytes ({m.group()!r}); in a pattern with non-ASCII characters write the "
                 "characters themselves (they match their UTF-8 bytes), or write the whole "
                 "pattern in ASCII with \\xNN escapes of the UTF-8 bytes"
@@ -279,7 +288,9 @@ def utf8_deny_source(pattern: str) -> bytes:
     parsed = _parse(pattern, "deny pattern")
     flags = parsed.state.flags
     if flags & sre_c.SRE_FLAG_LOCALE:
-        raise PatternError(f"deny pattern {pattern!r} uses the LOCALE flag, which is not supported")
+        raise PatternError(
+            f"deny pattern {show_pattern(pattern)} uses the LOCALE flag, which is not supported"
+        )
     head = b"".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
     body = _Utf8Writer(pattern).seq(list(parsed), flags)
     return (b"(?" + head + b")" if head else b"") + body
@@ -308,7 +319,7 @@ class _Utf8Writer:
         self.pattern = pattern
 
     def fail(self, why: str) -> PatternError:
-        return PatternError(f"deny pattern {self.pattern!r} refused: {why}")
+        return PatternError(f"deny pattern {show_pattern(self.pattern)} refused: {why}")
 
     def seq(self, items: list[tuple[Any, Any]], flags: int) -> bytes:
         return b"".join(self.item(op, av, flags) for op, av in items)
@@ -420,7 +431,7 @@ class _DenyChecker:
         self.flags = flags
 
     def fail(self, why: str) -> PatternError:
-        return PatternError(f"deny pattern {self.pattern!r} refused: {why}")
+        return PatternError(f"deny pattern {show_pattern(self.pattern)} refused: {why}")
 
     def sequence(self, items: list[tuple[Any, Any]], flags: int, *, top: bool) -> int:
         ways = 1
@@ -596,7 +607,7 @@ def glob_to_regex(glob: str) -> str:
         elif c == "[":
             j = glob.find("]", i + 2 if glob[i + 1 : i + 2] in ("!", "]") else i + 1)
             if j < 0:
-                raise PatternError(f"glob {glob!r} has an unclosed '['")
+                raise PatternError(f"glob {show_pattern(glob)} has an unclosed '['")
             body = glob[i + 1 : j]
             if body.startswith("!"):
                 body = "^" + body[1:]
@@ -618,7 +629,9 @@ def compile_topic_regex(pattern: str, what: str = "topic regex") -> re.Pattern[s
 def _refuse_in_topic(items: list[tuple[Any, Any]], pattern: str, what: str) -> None:
     for op, av in items:
         if op in _REFUSED:
-            raise PatternError(f"{what} {pattern!r} uses {_REFUSED[op]}, which is not supported")
+            raise PatternError(
+                f"{what} {show_pattern(pattern)} uses {_REFUSED[op]}, which is not supported"
+            )
         if op in _REPEATS:
             _refuse_in_topic(list(av[2]), pattern, what)
         elif op is sre_c.SUBPATTERN:
@@ -764,6 +777,8 @@ def find_common_topic(
     left: Sequence[TopicNFA],
     right: Sequence[TopicNFA],
     excluded: Sequence[TopicNFA] = (),
+    *,
+    budget: int | None = None,
 ) -> str | None:
     """A topic name matched by every automaton in ``left`` and ``right`` (typically one
     each) and by none in ``excluded``, or None if there is none.
@@ -771,11 +786,12 @@ def find_common_topic(
     Breadth-first over the product of the subset constructions, so the name returned is a
     shortest one, which reads well in an error message. Raises ``OverlapUndecidedError``
     when the search reaches ``MAX_OVERLAP_STATES`` product states without an answer: the
-    caller must then treat the pair as possibly overlapping.
+    caller must then treat the pair as possibly overlapping. ``budget`` lowers that bound
+    for a search whose answer is only advice.
     """
     machines = [_Dfa(m) for m in (*left, *right)]
     negative = [_Dfa(m) for m in excluded]
-    budget = MAX_OVERLAP_STATES
+    budget = MAX_OVERLAP_STATES if budget is None else min(budget, MAX_OVERLAP_STATES)
     bits = [c & -c for c in _classes([*left, *right, *excluded])]
     chars = [TOPIC_ALPHABET[b.bit_length() - 1] for b in bits]
     start = (

@@ -109,8 +109,9 @@ def parse_line(line: bytes, lineno: int) -> tuple[Record, float]:
         now = float(ts) / 1000.0
     partition = obj.get("partition", 0)
     offset = obj.get("offset", lineno)
-    if not isinstance(partition, int) or not isinstance(offset, int):
-        raise DecodeError("partition and offset must be integers")
+    for name, v in (("partition", partition), ("offset", offset)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise DecodeError(f"{name} must be an integer >= 0 (got {v!r})")
     record = Record(
         topic=topic,
         partition=partition,

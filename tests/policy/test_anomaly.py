@@ -335,3 +335,18 @@ def test_min_std_still_sets_the_floor(engine_of: Engine) -> None:
     e = engine_of(FIELD.replace("warmup: 50}", "warmup: 50, min_std: 5}"))
     _feed(e, [80.0] * 50, NOW)
     assert _feed(e, [85.0] * 100, NOW + 50) == []  # within z=6 of a spread of 5
+
+
+def test_rate_drop(engine_of: Engine) -> None:
+    rng = random.Random(11)
+    e = engine_of(POLICY)
+    now, found = steady(e, rng, seconds=120, per_s=50, start=NOW)
+    assert found == []
+    # the producer falls to one record a second: not silent, but far below its usual rate
+    rates: list[Finding] = []
+    for i in range(1, 6):
+        t = now + i
+        rates += [f for f in e.evaluate(record("plant.a", 50.0, t, rng), t).findings]
+    low = [f for f in rates if f.detector == "rate"]
+    assert low, rates
+    assert low[0].observed < low[0].threshold < 50

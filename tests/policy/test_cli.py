@@ -185,9 +185,11 @@ def test_allow_that_collides_with_an_inexpressible_regex_says_what_to_edit(
     assert "cmd[0-9]{2,}" in text
     plant.write_text(text)
     before = plant.read_text()
-    code, out = run("allow", str(plant), "plant.*")
+    code, out = run("allow", str(plant), "plant.*", "--prefix", "ot.")
     assert code != 0
     assert plant.read_text() == before
+    # the rule to write by hand is the one asked for
+    assert "          prefix: ot.\n" in out
     # names the file, both rules, the regex, where to write and what
     assert str(plant) in out
     assert "'no-commands'" in out and "plant\\.cmd[0-9]{2,}" in out
@@ -341,3 +343,199 @@ def test_show_says_which_rules_can_block_a_topic_and_how_to_lift_it() -> None:
     assert "restart" in out and "unblock" in out
     code, out = run("show", str(ROOT / "policies" / "default.yaml"))
     assert "block_topic" not in out
+
+
+# --- validate, show, diff: what the operator reads --------------------------------------------
+
+
+def test_validate_reports_bad_regexes_with_a_structure_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\nname: b\nrules:\n"
+        "  - id: a\n    match: {regex: 'plant\\.(a'}\n"
+        "  - id: b\n    match: {exact: x}\n    deny: [{pattern: '\\w+@\\w+'}]\n    colour: red\n"
+    )
+    code, out = run("validate", str(bad))
+    assert code == 1
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{bad}:5: topic regex 'plant\\.(a' is not a valid regex")
+    assert lines[1].startswith(f"{bad}:8: deny pattern '\\w+@\\w+' refused")
+    assert lines[2] == f"{bad}:9: unknown key 'rules.1.colour'"
+    assert len(lines) == 3
+
+
+def test_validate_reports_overlapping_rules_with_different_actions(tmp_path: Path) -> None:
+    bad = tmp_path / "overlap.yaml"
+    bad.write_text(
+        "version: 1\nname: b\nrules:\n"
+        "  - id: all\n    match: {glob: 'plant.*'}\n"
+        "  - id: cmds\n    match: {glob: 'plant.cmd.*'}\n    action: drop\n"
+    )
+    code, out = run("validate", str(bad))
+    assert code == 1
+    assert out.splitlines() == [
+        f"{bad}:7: rule 'cmds' (drop) overlaps rule 'all' (forward): both match topic "
+        "'plant.cmd.'; list the narrower one in the other's `except`"
+    ]
+
+
+def test_show_prints_patterns_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\nname: '[bold]x'\nquarantine_topic: ot.q\nrules:\n"
+        "  - {id: r, match: {regex: 'p[a-z]x'}, to: it.r}\n"
+        "  - {id: g, match: {glob: 'q.[ab]*'}, prefix: 'ot.'}\n"
+        "  - {id: e, match: {glob: 'eng.*'}, action: quarantine}\n"
+    )
+    code, out = run("show", str(path))
+    assert code == 0, out
+    # square brackets are text, not rich markup that would vanish
+    for text in ("[bold]x", "regex p[a-z]x", "glob q.[ab]*", "IT it.r", "IT ot.<topic>"):
+        assert text in out, text
+    assert "OT ot.q (quarantine)" in out
+
+
+def test_diff_of_an_invalid_policy_is_trouble_not_a_difference(plant: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: b\nrulez: []\n")
+    code, out = run("diff", str(plant), str(bad))
+    assert code == 2
+    assert f"{bad}:3: unknown key 'rulez'" in out
+
+
+def test_diff_lists_removed_rules_in_file_order(tmp_path: Path) -> None:
+    rules = "".join(f"  - {{id: {n}, match: {{exact: t.{n}}}}}\n" for n in "qwertyuiop")
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("version: 1\nname: n\nrules:\n" + rules)
+    b.write_text("version: 1\nname: n\nrules: []\n")
+    code, out = run("diff", str(a), str(b))
+    assert code == 1
+    removed = [ln.split("'")[1] for ln in out.splitlines() if ln.startswith("- rule")]
+    assert removed == list("qwertyuiop")
+
+
+# --- allow and deny: an edit goes where it takes effect ---------------------------------------
+
+
+def _comments(text: str) -> list[str]:
+    return [ln.split("#", 1)[1] for ln in text.splitlines() if "#" in ln]
+
+
+def test_allow_narrower_than_a_forwarding_rule_goes_above_it_with_its_checks(
+    plant: Path,
+) -> None:
+    before = plant.read_text()
+    code, out = run("allow", str(plant), "plant.telemetry.boiler", "--to", "it.boiler")
+    assert code == 0, out
+    assert "above rule 'telemetry'" in out
+    assert _comments(plant.read_text()) == _comments(before)
+    rules = load_policy(plant).model.rules
+    assert [r.id for r in rules] == ["plant.telemetry.boiler", "telemetry", "no-commands"]
+    new, old = rules[0], rules[1]
+    assert (new.to, new.prefix) == ("it.boiler", None)
+    # every check of the rule it was carved from still applies
+    for field in ("max_bytes", "rate", "value", "deny", "anomaly"):
+        assert getattr(new, field) == getattr(old, field), field
+    good = '{"tag": "TI-101", "value": 81.5, "unit": "degC"}'
+    code, out = run("test", str(plant), "--topic", "plant.telemetry.boiler", "--value", good)
+    assert out.startswith("forward -> it.boiler  (rule plant.telemetry.boiler)")
+    leak = '{"tag": "TI-101", "value": 1, "note": "password: x"}'
+    code, out = run("test", str(plant), "--topic", "plant.telemetry.boiler", "--value", leak)
+    assert out.startswith("quarantine -> diode.quarantine")
+    code, out = run("test", str(plant), "--topic", "plant.telemetry.pump", "--value", good)
+    assert out.startswith("forward -> ot.plant.telemetry.pump  (rule telemetry)")
+
+
+def test_allow_of_a_topic_that_already_crosses_changes_nothing(plant: Path) -> None:
+    before = plant.read_bytes()
+    code, out = run("allow", str(plant), "plant.telemetry.boiler")
+    assert code == 0
+    assert "already crosses by rule 'telemetry'; nothing changed" in out
+    assert "unchanged" in out
+    assert plant.read_bytes() == before
+
+
+def test_allow_broader_than_a_forwarding_rule_says_which_rule_keeps_its_topics(
+    plant: Path,
+) -> None:
+    code, out = run("allow", str(plant), "plant.*", "--prefix", "all.")
+    assert code == 0, out
+    assert "note: rule 'telemetry' comes first and still decides the topics both match" in out
+    assert [r.id for r in load_policy(plant).model.rules][-1] == "plant.all"
+    code, out = run("test", str(plant), "--topic", "plant.telemetry.x", "--json")
+    assert json.loads(out)["rule"] == "telemetry"
+    code, out = run("test", str(plant), "--topic", "plant.energy", "--json")
+    assert json.loads(out)["target_topic"] == "all.plant.energy"
+
+
+def test_allow_inside_a_refusing_rule_is_refused_with_what_to_do(plant: Path) -> None:
+    before = plant.read_bytes()
+    code, out = run("allow", str(plant), "plant.commands.valve3")
+    assert code == 1
+    assert plant.read_bytes() == before
+    assert "cannot allow 'plant.commands.valve3': every topic it matches is kept by " in out
+    assert "'no-commands' (drop)" in out and "by hand" in out and str(plant) in out
+
+
+def test_deny_of_a_topic_already_dropped_changes_nothing(plant: Path) -> None:
+    before = plant.read_bytes()
+    code, out = run("deny", str(plant), "plant.setpoints.valve3")
+    assert code == 0
+    assert "already dropped by rule 'no-commands'; nothing changed" in out
+    assert plant.read_bytes() == before
+
+
+def test_new_files_follow_the_umask_and_edits_keep_the_mode(tmp_path: Path) -> None:
+    import os
+
+    old = os.umask(0o027)
+    try:
+        path = tmp_path / "p.yaml"
+        assert run("init", "--out", str(path))[0] == 0
+        assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o604)
+        assert run("allow", str(path), "plant.x")[0] == 0
+        assert path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_test_value_and_value_file_are_exclusive(plant: Path, tmp_path: Path) -> None:
+    vf = tmp_path / "v"
+    vf.write_text("{}")
+    code, out = run("test", str(plant), "--topic", "t", "--value", "{}", "--value-file", str(vf))
+    assert code == 2 and "--value or --value-file, not both" in out
+    code, out = run("test", str(plant), "--topic", "t", "--header", "novalue")
+    assert code == 2 and "is not K=V" in out
+
+
+def test_test_header_deny_reason(plant: Path) -> None:
+    code, out = run(
+        "test",
+        str(plant),
+        "--topic",
+        "plant.telemetry.boiler",
+        "--value",
+        '{"tag": "TI-101", "value": 1}',
+        "--header",
+        "auth=password=1",
+        "--json",
+    )
+    assert code == 0
+    d = json.loads(out)
+    assert d["reasons"] == ["deny: headers match 'credentials in clear text'"]
+    assert sorted(d) == ["action", "findings", "reasons", "rule", "target_topic"]
+
+
+def test_allow_says_when_a_copied_rule_wide_rate_becomes_a_second_bucket(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "version: 1\nname: n\nrules:\n"
+        "  - {id: meters, match: {glob: 'energy.*'}, rate: {records_per_s: 100, per: rule}}\n"
+    )
+    code, out = run("allow", str(path), "energy.em104", "--to", "it.em104")
+    assert code == 0, out
+    assert "note: rule 'energy.em104' has a `per: rule` rate bucket of its own" in out
+    rules = load_policy(path).model.rules
+    assert [r.id for r in rules] == ["energy.em104", "meters"]
+    assert rules[0].rate == rules[1].rate

@@ -138,6 +138,9 @@ def test_replay_line_format() -> None:
         (b'{"topic": "t", "now": 1, "colour": 2}', "unknown field"),
         (b'{"topic": "t", "now": 1, "headers": {"h": 1}}', "string or null"),
         (b'{"topic": "t", "now": 1, "value_b64": "!!"}', "base64"),
+        (b'{"topic": "t", "now": 1, "partition": -1}', "partition must be an integer >= 0"),
+        (b'{"topic": "t", "now": 1, "offset": 1.5}', "offset must be an integer >= 0"),
+        (b'{"topic": "t", "now": 1, "partition": true}', "partition must be an integer"),
     ],
 )
 def test_replay_line_errors(line: bytes, why: str) -> None:

@@ -208,3 +208,15 @@ def test_non_ascii_deny_pattern_limits(pattern: str, why: str | None) -> None:
     else:
         with pytest.raises(PatternError, match=re.escape(why)):
             compile_deny_pattern(pattern)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "shown"),
+    [
+        (r"plant\.a", r"'plant\.a'"),  # as written in the policy, not with doubled backslashes
+        ("it's", '"it\'s"'),
+        ("a\nb", "'a\\nb'"),
+    ],
+)
+def test_patterns_are_shown_as_written(pattern: str, shown: str) -> None:
+    assert patterns.show_pattern(pattern) == shown

@@ -170,3 +170,24 @@ def test_blocked_topics_are_lifted_through_the_holder(write: Write) -> None:
     assert not holder.unblock("t.a")
     assert holder.blocked_topics() == {}
     assert holder.evaluate(rec("t.a", b"fine"), NOW).action is Action.FORWARD
+
+
+def test_reload_on_demand_with_a_broken_file_keeps_the_old_policy(write: Write) -> None:
+    # the SIGHUP path: reload() reads the file whatever its stamp, and a bad file changes
+    # nothing but is reported every time it is asked for
+    path = write(V1)
+    events: list[PolicyEvent] = []
+    holder = ReloadingPolicy(path, on_event=events.append)
+    old = holder.fingerprint
+    path.write_text(V2.replace("exact: t.b", "regex: 't.(b'"))
+    for _ in range(2):
+        event = holder.reload()
+        assert isinstance(event, PolicyRejected) and event.kept_fingerprint == old
+        assert event.problems == (
+            f"{path}:5: topic regex 't.(b' is not a valid regex: missing ), unterminated "
+            "subpattern at position 2",
+        )
+    assert holder.fingerprint == old
+    assert holder.evaluate(rec("t.a"), NOW).crosses
+    assert holder.evaluate(rec("t.b"), NOW).rule == "default-deny"
+    assert [type(e) for e in events] == [PolicyLoaded, PolicyRejected, PolicyRejected]

@@ -293,7 +293,10 @@ def test_deny_patterns_in_value_key_and_headers(engine_of: Engine, make_record: 
     d = e.evaluate(make_record("t", b"ok", key=b"password:1"), NOW)
     assert d.reasons == ("deny: key matches 'creds'",)
     d = e.evaluate(make_record("t", b"ok", headers=(("auth", b"password=1"),)), NOW)
-    assert d.reasons == ("deny: headers match 'creds'",) or d.reasons[0].startswith("deny: headers")
+    assert d.reasons == ("deny: headers match 'creds'",)
+    # headers are searched as `name: value` lines, so a pattern can hit a header's name
+    d = e.evaluate(make_record("t", b"ok", headers=(("password", b"x"),)), NOW)
+    assert d.reasons == ("deny: headers match 'creds'",)
     d = e.evaluate(make_record("t", b"-----BEGIN RSA PRIVATE KEY-----"), NOW)
     assert d.action is Action.DROP
     # the second pattern looks only at values
@@ -304,8 +307,20 @@ def test_deny_scan_limit_fails_closed(engine_of: Engine, make_record: Make) -> N
     e = engine_of(DENY)
     d = e.evaluate(make_record("t", b"x" * 65), NOW)
     assert d.action is Action.DROP
-    assert "more than deny_scan_bytes 64" in d.reasons[0]
+    assert d.reasons == (
+        "deny: value is 65 bytes, more than deny_scan_bytes 64, so it cannot be scanned",
+    )
     assert e.evaluate(make_record("t", b"x" * 64), NOW).action is Action.FORWARD
+    # keys and headers too: nothing hides past the cap
+    d = e.evaluate(make_record("t", b"ok", key=b"k" * 65), NOW)
+    assert d.reasons == (
+        "deny: key is 65 bytes, more than deny_scan_bytes 64, so it cannot be scanned",
+    )
+    d = e.evaluate(make_record("t", b"ok", headers=(("h", b"v" * 62),)), NOW)  # "h: " + 62
+    assert d.reasons == (
+        "deny: headers are 65 bytes, more than deny_scan_bytes 64, so they cannot be scanned",
+    )
+    assert e.evaluate(make_record("t", b"ok", headers=(("h", b"v" * 61),)), NOW).crosses
 
 
 def test_required_headers(engine_of: Engine, make_record: Make) -> None:
@@ -461,3 +476,48 @@ def test_non_ascii_deny_pattern_matches_utf8_values(engine_of: Engine, make_reco
     d = e.evaluate(make_record("t", b"ok", headers=(("x", "PASSWORT=Über".encode()),)), NOW)
     assert d.action is Action.DROP
     assert e.evaluate(make_record("t", b"Passwort: nein"), NOW).crosses
+
+
+EVERY_CHECK = (
+    HEAD + "  - id: all\n    match: {exact: t}\n    max_bytes: 200\n"
+    "    value: {format: json, schema: s.json, fields: {n: {type: integer}}}\n"
+    "    deny: [{pattern: secret}]\n    required_headers: [src]\n"
+    "    anomaly: {timestamp: {max_future_s: 60}}\n"
+)
+GOOD = b'{"a": 1, "n": 1}'
+SRC = (("src", b"plc"),)
+#: kind -> a record that breaks that check and no other
+BREAKS: dict[str, Record] = {
+    "size": Record(
+        "t", 0, 0, int(NOW * 1000), None, b'{"a": 1, "n": 1, "p": "' + b"x" * 200 + b'"}', SRC
+    ),
+    "format": Record("t", 0, 0, int(NOW * 1000), None, b"not json", SRC),
+    "schema": Record("t", 0, 0, int(NOW * 1000), None, b'{"n": 1}', SRC),
+    "fields": Record("t", 0, 0, int(NOW * 1000), None, b'{"a": 1, "n": "x"}', SRC),
+    "deny": Record("t", 0, 0, int(NOW * 1000), None, b'{"a": 1, "n": 1, "s": "secret"}', SRC),
+    "headers": Record("t", 0, 0, int(NOW * 1000), None, GOOD, ()),
+    "anomaly": Record("t", 0, 0, int((NOW + 600) * 1000), None, GOOD, SRC),
+    "rate": Record("t", 0, 0, int(NOW * 1000), None, GOOD, SRC),  # the second in a second
+}
+
+
+@pytest.mark.parametrize("action", ["drop", "quarantine", "alert", "block_topic"])
+@pytest.mark.parametrize("kind", sorted(BREAKS))
+def test_each_kind_of_violation_takes_its_own_action(
+    engine_of: Engine, kind: str, action: str
+) -> None:
+    text = EVERY_CHECK + f"    on_violation: {{{kind}: {action}}}\n"
+    if kind == "rate":
+        text += "    rate: {records_per_s: 1, burst_records: 1}\n"
+    e = engine_of(text, schemas={"s.json": {"type": "object", "required": ["a"]}})
+    good = Record("t", 0, 0, int(NOW * 1000), None, GOOD, SRC)
+    assert e.evaluate(good, NOW).action is Action.FORWARD
+    d = e.evaluate(BREAKS[kind], NOW)
+    assert d.action is Action(action), d.reasons
+    assert len(d.reasons) == 1 and d.reasons[0].startswith(f"{kind}: "), d.reasons
+    assert (
+        d.target_topic
+        == {"drop": None, "quarantine": "ot.q", "alert": "t", "block_topic": None}[action]
+    )
+    later = e.evaluate(good, NOW + 10)
+    assert later.action is (Action.DROP if action == "block_topic" else Action.FORWARD)

@@ -232,6 +232,44 @@ CASES: list[tuple[str, str, int, str]] = [
         "rule 'ok' has action quarantine: nothing it passes crosses the diode",
     ),
     (
+        "rule shadowed by an earlier rule with the same action",
+        "version: 1\nname: t\nrules:\n"
+        "  - id: all\n    match: {glob: 'plant.*'}\n"
+        "  - id: boiler\n    match: {exact: plant.boiler}\n    to: it.boiler\n",
+        7,
+        "rule 'boiler' never applies: rule 'all' comes first and matches every topic it does "
+        "(exact plant.boiler), and the first matching rule decides; move 'boiler' above 'all'",
+    ),
+    (
+        "rule whose except covers its whole match",
+        "version: 1\nname: t\nrules:\n"
+        "  - id: a\n    match: {glob: 'plant.a*', except: ['plant.*']}\n",
+        5,
+        "rule 'a' matches no topic: its `except` covers every topic of glob plant.a* except "
+        "plant.*",
+    ),
+    (
+        "glob with an unclosed bracket",
+        "version: 1\nname: t\nrules:\n  - id: a\n    match: {glob: 'plant.[ab'}\n",
+        5,
+        "glob 'plant.[ab' has an unclosed '['",
+    ),
+    (
+        "bad glob in except",
+        "version: 1\nname: t\nrules:\n  - id: a\n    match: {glob: 'p.*', except: ['p.[x']}\n",
+        5,
+        "glob 'p.[x' has an unclosed '['",
+    ),
+    (
+        "a field type that is no JSON type",
+        "version: 1\nname: t\nrules:\n"
+        + OK_RULE
+        + "    value:\n      format: json\n      fields:\n        v: {type: float}\n",
+        9,
+        "rules.0.value.fields.v.type: Input should be 'string', 'number', 'integer', "
+        "'boolean', 'object', 'array' or 'null', or a list of them",
+    ),
+    (
         "min above max",
         "version: 1\nname: t\nrules:\n"
         + OK_RULE
@@ -288,11 +326,93 @@ def test_except_removes_overlap(write: Write) -> None:
 
 
 def test_same_action_overlap_is_allowed(write: Write) -> None:
+    # the narrower rule first, so that it applies to its topic and the broad one to the rest
     text = (
         "version: 1\nname: t\nrules:\n"
-        "  - {id: a, match: {glob: 'p.*'}}\n  - {id: b, match: {exact: p.x}, to: it.x}\n"
+        "  - {id: b, match: {exact: p.x}, to: it.x}\n  - {id: a, match: {glob: 'p.*'}}\n"
+        "  - {id: c, match: {glob: '*.y'}, to: it.y}\n"  # partly shadowed: q.y is its own
     )
-    assert load_policy(write(text)).model.rules[1].to == "it.x"
+    assert load_policy(write(text)).model.rules[0].to == "it.x"
+
+
+def test_every_rule_kind_can_be_reported_as_never_applying(write: Write) -> None:
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - {id: cmds, match: {regex: 'plant\\.(cmd|sp)\\..*'}, action: drop}\n"
+        "  - {id: cmd1, match: {glob: 'plant.cmd.*'}, action: drop}\n"
+        "  - {id: sp, match: {exact: plant.sp.x}, action: drop}\n"
+    )
+    found = problems(write, text)
+    assert [ln for ln, _ in found] == [5, 6]
+    assert all("rule 'cmds' comes first" in msg for _, msg in found)
+
+
+def test_an_earlier_rule_with_exceptions_does_not_count_as_covering(write: Write) -> None:
+    # 'a' leaves out p.x, so 'b' does apply to it
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - {id: a, match: {glob: 'p.*', except: [p.x]}}\n"
+        "  - {id: b, match: {exact: p.x}, to: it.x}\n"
+    )
+    assert len(load_policy(write(text)).model.rules) == 2
+
+
+def test_structure_problems_do_not_hide_bad_patterns(write: Write) -> None:
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        "  - id: a\n    match: {regex: 'a(b'}\n"  # 5: bad regex
+        "  - id: b\n    match: {glob: 'y.*', except: ['y[q']}\n"  # 7: bad glob
+        "  - id: c\n    match: {exact: z}\n"
+        "    deny: [{pattern: '(a+)+b', in: [body]}]\n"  # 10: bad `in` and a costly pattern
+        "    colour: red\n"  # 11: unknown key
+    )
+    found = problems(write, text)
+    assert [ln for ln, _ in found] == [5, 7, 10, 10, 11]
+    msgs = [msg for _, msg in found]
+    assert "topic regex 'a(b' is not a valid regex" in msgs[0]
+    assert "glob 'y[q' has an unclosed '['" in msgs[1]
+    assert {msgs[2].split(":")[0], msgs[3].split(" ")[0]} == {"rules.2.deny.0.in.0", "deny"}
+    assert any("repeat inside a repeat" in m for m in msgs[2:4])
+    assert msgs[4] == "unknown key 'rules.2.colour'"
+
+
+def test_a_pattern_refused_by_the_model_is_reported_once(write: Write) -> None:
+    text = "version: 1\nname: t\nnope: 1\nrules:\n  - id: a\n    match: {regex: '" + "a" * 300
+    found = problems(write, text + "'}\n")
+    assert [ln for ln, _ in found] == [3, 6], found
+    assert "at most 256 characters" in found[1][1]
+
+
+def test_a_value_that_fits_no_member_of_a_union_is_one_problem(write: Write) -> None:
+    text = (
+        "version: 1\nname: t\nrules:\n"
+        + OK_RULE
+        + "    value:\n      format: json\n      fields:\n"
+        "        a: {type: [string, float]}\n"
+        "        b: {enum: [1, {x: 1}]}\n"
+    )
+    assert problems(write, text) == [
+        (
+            9,
+            "rules.0.value.fields.a.type.1: Input should be 'string', 'number', 'integer', "
+            "'boolean', 'object', 'array' or 'null'",
+        ),
+        (
+            10,
+            "rules.0.value.fields.b.enum.1: Input should be a valid string, integer, number "
+            "or boolean",
+        ),
+    ]
+
+
+def test_structure_problems_come_in_line_order(write: Write) -> None:
+    text = (
+        "version: 1\nname: t\nrules:\n  - id: -bad\n    match: {exact: a}\n"
+        "    required_headers: ['']\n    prefix: 'a/b'\n"
+        "    anomaly: {rate: {window_s: 0}}\n"
+    )
+    lines = [ln for ln, _ in problems(write, text)]
+    assert lines == sorted(lines) == [4, 6, 7, 8]
 
 
 def test_fingerprint_is_canonical(write: Write) -> None:
