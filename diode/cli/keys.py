@@ -30,10 +30,19 @@ def keys() -> None:
 )
 @click.option("--force", is_flag=True, help="Overwrite key files that already exist.")
 def generate(out_dir: Path, force: bool) -> None:
-    """Write sender.key/.pub, receiver.key/.pub and receiver-audit.key/.pub.
+    """Write the key pairs of one sender and receiver into a directory.
 
-    Private keys are written with mode 0600; the programs refuse to load a private key
-    that group or others can read.
+    \b
+      sender.key          Ed25519: signs key announcements and manifests  (OT side)
+      sender.pub          verifies them                                   (IT side)
+      receiver.key        X25519: unwraps the session keys                (IT side)
+      receiver.pub        session keys are wrapped to it                  (OT side)
+      receiver-audit.key  Ed25519: signs the receiver's audit checkpoints (IT side)
+      receiver-audit.pub  verifies them                                   (anywhere)
+
+    Private keys (*.key) are written with mode 0600 whatever the umask; the programs refuse
+    to load a private key that group or others can access. Existing files are kept unless
+    --force is given.
     """
     try:
         paths = crypto.generate_key_files(out_dir, overwrite=force)

@@ -24,8 +24,10 @@ from diode.protocol.simulation import (
     derive_seed,
     run_simulation,
 )
-from diode.protocol.wire import ProtocolConfig
+from diode.protocol.wire import MAX_UDP_PAYLOAD, MIN_PAYLOAD_SIZE, ProtocolConfig
 
+#: IPv4 header (20, no options) and UDP header (8): what the MTU holds besides the payload
+_IP_UDP_HEADERS = 28
 _CIPHERS = {"aes-256-gcm": Cipher.AES_256_GCM, "chacha20-poly1305": Cipher.CHACHA20_POLY1305}
 
 
@@ -36,21 +38,61 @@ def _probability(ctx: click.Context, param: click.Parameter, value: float) -> fl
 
 
 @click.command("simulate")
-@click.option("--records", default=10_000, show_default=True, help="Records to send.")
-@click.option("--record-size", default=200, show_default=True, help="Bytes of each value.")
-@click.option("--topics", default=1, show_default=True, help="Source topics.")
-@click.option("--partitions", default=1, show_default=True, help="Partitions per topic.")
 @click.option(
-    "--loss", default=0.0, show_default=True, callback=_probability, help="Datagram loss rate."
+    "--records",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Records to send.",
+)
+@click.option(
+    "--record-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Bytes of each record's value (keys and headers come on top).",
+)
+@click.option(
+    "--topics", default=1, show_default=True, type=click.IntRange(min=1), help="Source topics."
+)
+@click.option(
+    "--partitions",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Partitions per topic.",
+)
+@click.option(
+    "--loss",
+    default=0.0,
+    show_default=True,
+    callback=_probability,
+    help="Long-run share of datagrams the link drops.",
 )
 @click.option(
     "--burst",
     default=1.0,
     show_default=True,
+    type=click.FloatRange(min=1.0),
     help="Mean loss burst length in datagrams (Gilbert-Elliott); 1 means independent loss.",
 )
-@click.option("--duplicate", default=0.0, show_default=True, callback=_probability)
-@click.option("--reorder", default=0.0, show_default=True, callback=_probability)
+@click.option(
+    "--duplicate",
+    default=0.0,
+    show_default=True,
+    callback=_probability,
+    help="Probability that a datagram is delivered twice (the copy comes later).",
+)
+@click.option(
+    "--reorder",
+    default=0.0,
+    show_default=True,
+    callback=_probability,
+    help=(
+        "Probability that a datagram is held back and delivered after 1 to "
+        f"{LinkConfig().reorder_depth} later ones."
+    ),
+)
 @click.option(
     "--corrupt",
     default=0.0,
@@ -62,15 +104,37 @@ def _probability(ctx: click.Context, param: click.Parameter, value: float) -> fl
     "--repair",
     default=0.25,
     show_default=True,
+    type=click.FloatRange(min=0.0, max=1.0),
     help="Repair symbols per source symbol (m = ceil(k * repair)).",
 )
-@click.option("--k", "k", default=32, show_default=True, help="Source symbols per full block.")
 @click.option(
-    "--mtu", default=1500, show_default=True, help="Link MTU; datagrams fit MTU - 28 bytes."
+    "--k",
+    "k",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Source symbols per full block.",
 )
-@click.option("--interleave", default=4, show_default=True, help="Blocks interleaved on the wire.")
 @click.option(
-    "--cipher", type=click.Choice(sorted(_CIPHERS)), default="aes-256-gcm", show_default=True
+    "--mtu",
+    default=1500,
+    show_default=True,
+    type=click.IntRange(MIN_PAYLOAD_SIZE + _IP_UDP_HEADERS, MAX_UDP_PAYLOAD + _IP_UDP_HEADERS),
+    help=f"Link MTU; datagrams fit MTU - {_IP_UDP_HEADERS} bytes (IPv4 and UDP headers).",
+)
+@click.option(
+    "--interleave",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Blocks interleaved on the wire.",
+)
+@click.option(
+    "--cipher",
+    type=click.Choice(sorted(_CIPHERS)),
+    default="aes-256-gcm",
+    show_default=True,
+    help="AEAD that protects every datagram.",
 )
 @click.option(
     "--codec",
@@ -84,13 +148,14 @@ def _probability(ctx: click.Context, param: click.Parameter, value: float) -> fl
     "--rate",
     default=100_000.0,
     show_default=True,
+    type=click.FloatRange(min=0.0, min_open=True),
     help="Records per second of simulated time (time is simulated, never slept).",
 )
 @click.option(
     "--restart-after",
-    type=int,
+    type=click.IntRange(min=1),
     default=None,
-    help="Restart the sender (new session) after this many records.",
+    help="Restart the sender (new session) after this many records; at most --records.",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed for records, keys and link.")
 @click.option(
@@ -148,15 +213,15 @@ def simulate(
       diode simulate --repair 0.5 --loss 0.2 --corrupt 0.01 --reorder 0.05
       diode simulate --loss 0.12 --audit-log sim/audit.jsonl && diode audit stats sim/
     """
-    if records < 0 or record_size < 0 or topics < 1 or partitions < 1:
-        raise click.BadParameter("records and sizes must be >= 0, topics and partitions >= 1")
-    if repair < 0:
-        raise click.BadParameter("--repair must be >= 0")
-    if rate <= 0:
-        raise click.BadParameter("--rate must be positive")
+    if restart_after is not None and restart_after > records:
+        # the sender would never restart: say so rather than run without the restart
+        raise click.BadParameter(
+            f"{restart_after} exceeds --records {records}: the sender would never restart",
+            param_hint="'--restart-after'",
+        )
     try:
         protocol = ProtocolConfig(
-            payload_size=mtu - 28,
+            payload_size=mtu - _IP_UDP_HEADERS,
             k=k,
             m=math.ceil(k * repair),
             codec=codec,

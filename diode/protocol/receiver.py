@@ -516,7 +516,10 @@ class ReceiverSession:
         size = len(data)
         if size < _MIN_DATA or size > self._payload:
             parse_header(data, payload_size=self._payload, max_k=self._max_k)
-            raise MalformedDatagramError(f"datagram of {size} bytes is too short", reason="length")
+            raise MalformedDatagramError(
+                f"datagram of {size} bytes is shorter than the smallest valid one ({_MIN_DATA})",
+                reason="length",
+            )
         magic, version, dtype, sid, key_id, fp, number, index, k, m, length = HEADER.unpack_from(
             data
         )
@@ -1007,7 +1010,8 @@ class ReceiverSession:
             return
         if len(self._pending) >= self.options.max_pending_announcements:
             raise RemoteProtocolError(
-                f"{len(self._pending)} announcements already wait for verification",
+                f"{len(self._pending)} announcements already wait for verification, "
+                f"limit {self.options.max_pending_announcements}",
                 reason="rate-limited",
             )
         self._pending[digest] = (data, header)

@@ -149,6 +149,14 @@ class ProtocolConfig:
         if problems:
             raise ConfigError("invalid protocol config: " + "; ".join(problems))
         codec = get_codec(self.codec)
+        full = self.k + self.repair_for(self.k)
+        if full > codec.max_symbols:
+            # said in terms of k and m, which the operator set, before max_block_symbols
+            # (derived from them) would be blamed for it
+            raise ConfigError(
+                f"k={self.k} plus m={self.repair_for(self.k)} repair symbols is {full} symbols "
+                f"per block, exceeds the {codec.name} limit of {codec.max_symbols}"
+            )
         if self.max_block_symbols is None:
             most = min(200, codec.max_symbols)
             while most > self.k and most + self.repair_for(most) > codec.max_symbols:
@@ -260,7 +268,10 @@ def parse_header(data: bytes | memoryview, *, payload_size: int, max_k: int) -> 
             f"protocol version {version}, this receiver speaks {VERSION}", reason="version"
         )
     if dtype not in _TYPES:
-        raise MalformedDatagramError(f"unknown datagram type {dtype}", reason="type")
+        raise MalformedDatagramError(
+            f"unknown datagram type {dtype}, expected {min(_TYPES)}..{max(_TYPES)}",
+            reason="type",
+        )
     expected = HEADER_SIZE + length + trailer_size(dtype)
     if size != expected:
         raise MalformedDatagramError(
@@ -343,8 +354,12 @@ def _pack_topics(topics: list[str]) -> bytes:
 
 def _read_topics(r: _Reader) -> list[str]:
     (count,) = r.unpack(_U16, "topic count")
-    if count * 2 > len(r.data) - r.pos:
-        raise DecodeError(f"{r.what}: topic count {count} exceeds what the body can hold")
+    left = len(r.data) - r.pos
+    if count * 2 > left:
+        # each topic takes at least 2 bytes: refuse before looping over a count that lies
+        raise DecodeError(
+            f"{r.what}: topic count {count} needs at least {count * 2} bytes, only {left} left"
+        )
     topics: list[str] = []
     for _ in range(count):
         (n,) = r.unpack(_U8, "topic length")
@@ -514,7 +529,10 @@ def parse_manifest(
         block, digest, nranges = entry_head(body, pos)
         pos += _ENTRY_HEAD_SIZE
         if nranges * _RANGE_SIZE > end - pos:
-            raise DecodeError(f"manifest entry announces {nranges} ranges, body too short")
+            raise DecodeError(
+                f"manifest entry announces {nranges} ranges ({nranges * _RANGE_SIZE} bytes), "
+                f"only {end - pos} left"
+            )
         blocks.append(block)
         keep = wanted is None or wanted(block)
         ranges: list[RangeTuple] = []

@@ -112,33 +112,147 @@ def test_header_round_trip(
         (build(number=2**63), "field"),
         (build(dtype=DatagramType.HEARTBEAT, index=1), "field"),
         (build(dtype=DatagramType.MANIFEST, k=1, m=0), "field"),
+        (build(dtype=DatagramType.ANNOUNCE, k=1, m=0, trailer=64), "field"),
+        (build(dtype=DatagramType.HEARTBEAT, length=2000, body=2000), "oversized"),
     ],
 )
 def test_malformed_headers(data: bytes, reason: str, make_pair: Callable[..., Pair]) -> None:
     with pytest.raises(MalformedDatagramError) as info:
         parse(data)
     assert info.value.reason == reason
-    assert str(info.value)
-    # the session turns the same input into an event with the same reason
+    # the session turns the same input into an event with the same reason and message
+    pair = make_pair()
+    pair.receiver.receive_datagram(data, 0.0)
+    assert pair.receiver.events() == [DatagramRejected(reason, str(info.value))]
+    assert pair.receiver.counters().rejected == {reason: 1}
+    assert pair.receiver.state_size() == make_pair().receiver.state_size()
+
+
+@pytest.mark.parametrize(
+    ("data", "numbers"),
+    [
+        (b"\x00" * 20, ["20", "36"]),
+        (build(length=1420, body=1430), ["1482", "1472"]),
+        (build(magic=0xBEEF), ["0xbeef", "0xd10d"]),
+        (build(version=2), ["2", "1"]),
+        (build(dtype=9), ["9", "1..4"]),
+        (build(body=99), ["151", "100", "152"]),
+        (build(k=CFG.max_k + 1), [str(CFG.max_k + 1), str(CFG.max_k)]),
+        (build(k=4, m=9), ["m=9", "k+1=5"]),
+        (build(index=5, k=4, m=1), ["5", "0..4"]),
+        (build(number=2**63), [str(2**63), "2**63"]),
+    ],
+)
+def test_header_errors_name_the_value_and_the_limit(data: bytes, numbers: list[str]) -> None:
+    with pytest.raises(MalformedDatagramError) as info:
+        parse(data)
+    for number in numbers:
+        assert number in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [DatagramType.DATA, DatagramType.HEARTBEAT])
+def test_a_body_length_far_beyond_the_datagram_is_rejected(
+    dtype: DatagramType, make_pair: Callable[..., Pair]
+) -> None:
+    shape = {"index": 0, "k": 4, "m": 1} if dtype == DatagramType.DATA else {"k": 0, "m": 0}
+    data = build(dtype=dtype, length=65535, body=100, **shape)
+    with pytest.raises(MalformedDatagramError, match="65535") as info:
+        parse(data)
+    assert info.value.reason == "length"
     pair = make_pair()
     pair.receiver.receive_datagram(data, 0.0)
     (event,) = pair.receiver.events()
-    assert isinstance(event, DatagramRejected) and event.reason in (reason, "length")
-    assert pair.receiver.counters().rejected == {event.reason: 1}
+    assert isinstance(event, DatagramRejected) and event.reason == "length"
+    assert "65535" in event.detail
+    assert pair.receiver.state_size() == make_pair().receiver.state_size()
+
+
+@pytest.mark.parametrize("dtype", [DatagramType.HEARTBEAT, DatagramType.MANIFEST])
+def test_control_datagram_without_a_body_is_rejected_before_its_tag(
+    dtype: DatagramType, make_pair: Callable[..., Pair]
+) -> None:
+    data = build(dtype=dtype, index=0, k=0, m=0, length=0)
+    parse(data)  # a well-formed header: only the session knows a body cannot be empty
+    pair = make_pair()
+    pair.receiver.receive_datagram(data, 0.0)
+    (event,) = pair.receiver.events()
+    assert isinstance(event, DatagramRejected) and event.reason == "length"
+    assert f"{len(data)} bytes" in event.detail and "53" in event.detail
 
 
 def test_symbol_longer_than_the_symbol_size_is_rejected(make_pair: Callable[..., Pair]) -> None:
     pair = make_pair(ProtocolConfig(payload_size=1472))
     data = build(length=1421)[:1472]
     pair.receiver.receive_datagram(data, 0.0)
+    assert pair.receiver.events() == [
+        DatagramRejected("length", "symbol length 1421 exceeds the symbol size 1420")
+    ]
+
+
+def test_other_config_fingerprint_is_rejected_naming_both(make_pair: Callable[..., Pair]) -> None:
+    other = ProtocolConfig(k=16, m=4).fingerprint
+    header = HEADER.pack(MAGIC, VERSION, 1, SID, 1, other, 3, 0, 4, 1, 100)
+    pair = make_pair()
+    pair.receiver.receive_datagram(header + bytes(116), 0.0)
     (event,) = pair.receiver.events()
-    assert isinstance(event, DatagramRejected)
+    assert isinstance(event, DatagramRejected) and event.reason == "config"
+    assert f"{other:08x}" in event.detail and f"{CFG.fingerprint:08x}" in event.detail
 
 
 def test_nonces_are_unique_per_type_number_index() -> None:
     seen = {make_nonce(t, n, i) for t in DatagramType for n in (0, 1, 2**40) for i in (0, 1, 255)}
     assert len(seen) == len(DatagramType) * 9
     assert all(len(n) == 12 for n in seen)
+
+
+_NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz._-0123456789", min_size=1, max_size=40)
+_U32 = st.integers(0, 2**31 - 1)
+_U64 = st.integers(0, 2**63 - 1)
+
+
+@st.composite
+def _ranges(draw: st.DrawFn) -> Range:
+    first = draw(_U64)
+    last = draw(st.integers(first, min(first + 10**6, 2**63 - 1)))
+    count = draw(st.integers(1, min(last - first + 1, 2**32 - 1)))
+    return Range(draw(_NAMES), draw(_U32), first, last, count)
+
+
+_ENTRIES = st.lists(
+    st.builds(
+        ManifestEntry,
+        _U64,
+        st.binary(min_size=32, max_size=32),
+        st.lists(_ranges(), max_size=4).map(tuple),
+    ),
+    max_size=8,
+)
+_HEARTBEATS = st.builds(
+    Heartbeat,
+    _U64,
+    _U64,
+    _U64,
+    _U64,
+    st.binary(min_size=32, max_size=32),
+    st.lists(st.builds(PartitionMark, _NAMES, _U32, _U64, _U64, _U64), max_size=12).map(tuple),
+)
+
+
+@given(_ENTRIES, st.binary(min_size=64, max_size=64))
+@settings(max_examples=100, deadline=None)
+def test_manifest_round_trip(entries: list[ManifestEntry], signature: bytes) -> None:
+    body = pack_manifest_entries(entries)
+    assert unpack_manifest(body + signature, max_entries=len(entries)) == (
+        body,
+        entries,
+        signature,
+    )
+
+
+@given(_HEARTBEATS)
+@settings(max_examples=100, deadline=None)
+def test_heartbeat_round_trip(heartbeat: Heartbeat) -> None:
+    assert Heartbeat.unpack(heartbeat.pack()) == heartbeat
 
 
 def test_manifest_round_trip_and_truncation() -> None:
