@@ -31,6 +31,9 @@ class AuditEvent(StrEnum):
     LINK_UP = "link_up"
     SPOOL_FULL = "spool_full"
     RECORDS_DELIVERED = "records_delivered"
+    DUPLICATES_SKIPPED = "duplicates_skipped"
+    GAP_RECOVERED = "gap_recovered"
+    RESEND_LOST = "resend_lost"
     BLOCKS_LOST = "blocks_lost"
     SESSION_END = "session_end"
     POLICY_CHANGED = "policy_changed"
@@ -77,6 +80,15 @@ REQUIRED_FIELDS: dict[str, frozenset[str]] = {
     ),
     AuditEvent.GAP: frozenset(
         {"topic", "partition", "first_offset", "last_offset", "count", "reason"}
+    ),
+    AuditEvent.RESEND_LOST: frozenset(
+        {"topic", "partition", "first_offset", "last_offset", "count", "reason"}
+    ),
+    AuditEvent.DUPLICATES_SKIPPED: frozenset(
+        {"topic", "partition", "first_offset", "last_offset", "count"}
+    ),
+    AuditEvent.GAP_RECOVERED: frozenset(
+        {"topic", "partition", "first_offset", "last_offset", "count"}
     ),
     AuditEvent.DATAGRAMS_REJECTED: frozenset({"reason", "count", "interval_start", "interval_end"}),
     AuditEvent.AUDIT_DROPPED: frozenset({"count", "total", "reason"}),

@@ -119,6 +119,7 @@ class Stats:
     by_actor: Counter[str] = field(default_factory=Counter)
     gaps: int = 0
     records_lost: int = 0
+    records_recovered: int = 0
     lost_by_topic: Counter[str] = field(default_factory=Counter)
     refusals_by_rule: Counter[str] = field(default_factory=Counter)
     quarantined_by_rule: Counter[str] = field(default_factory=Counter)
@@ -145,6 +146,13 @@ class Stats:
             self.records_lost += lost
             if isinstance(topic, str):
                 self.lost_by_topic[topic] += lost
+        elif event == AuditEvent.GAP_RECOVERED:
+            # a restarted sender's resend filled part of a reported gap
+            recovered = _int(f.get("count"))
+            self.records_recovered += recovered
+            self.records_lost -= recovered
+            if isinstance(topic, str):
+                self.lost_by_topic[topic] -= recovered
         elif event == AuditEvent.RECORD_REFUSED:
             self.refusals_by_rule[str(f.get("rule"))] += 1
         elif event == AuditEvent.RECORD_QUARANTINED:
@@ -167,7 +175,8 @@ class Stats:
             "by_topic": top(self.by_topic),
             "gaps": self.gaps,
             "records_lost": self.records_lost,
-            "records_lost_by_topic": top(self.lost_by_topic),
+            "records_recovered": self.records_recovered,
+            "records_lost_by_topic": top(+self.lost_by_topic),
             "refusals_by_rule": top(self.refusals_by_rule),
             "quarantined_by_rule": top(self.quarantined_by_rule),
             "datagrams_rejected_by_reason": top(self.datagrams_rejected),

@@ -12,7 +12,9 @@ No input raises: every bad datagram becomes a ``DatagramRejected`` event and a c
 
 Provenance is strict by default: a rebuilt block is held until a signed manifest names its
 digest, and is delivered only if the digest matches. A block that no manifest covers within
-``block_timeout`` becomes a gap (reason ``"unsigned"``). Each manifest entry is repeated in
+``block_timeout`` becomes a gap (reason ``"unsigned"``) naming its records from its content:
+that content passed the AEAD under the session key, so it is the sender's, though without
+the signature that delivery requires. Each manifest entry is repeated in
 ``manifest_copies`` manifests spaced over time, so a lost manifest datagram costs nothing.
 A manifest's signature is checked when a block needs its entry, and a rebuilt block may wait
 up to ``manifest_verify_delay`` for a later manifest that repeats its entry: under load one
@@ -182,6 +184,7 @@ class _Session:
         "known",
         "known_max",
         "last_heard",
+        "last_heartbeat",
         "manifest",
         "pending",
         "pending_since",
@@ -208,6 +211,7 @@ class _Session:
         self.last_heard = now
         self.silent = False
         self.heartbeat_seq = -1
+        self.last_heartbeat: Heartbeat | None = None
         self.blocks_delivered = 0
         self.blocks_lost = 0
         # per partition: [records delivered or reported lost, last such offset]
@@ -707,7 +711,7 @@ class ReceiverSession:
                 if entry is None and strict:
                     if not forced and not self._deadline_passed(s, b, now):
                         return
-                    self._lose(s, b, None, "unsigned")
+                    self._lose_unsigned(s, b, block.data)
                     continue
                 if entry is not None and hashlib.sha256(block.data).digest() != entry[1]:
                     self._lose(s, b, entry, "digest")
@@ -803,6 +807,30 @@ class ReceiverSession:
             acc[1] = last
             self._n_records_lost += count
             self._events.append(GapDetected(s.id, topic, partition, first, last, count, reason, b))
+
+    def _lose_unsigned(self, s: _Session, b: int, data: Buffer) -> None:
+        """A rebuilt block no verified manifest names: never delivered, but its gap names its
+        records exactly (what the AEAD let through came from the sender)."""
+        try:
+            records = self._parse_block(data)
+        except DecodeError as exc:
+            self._reject("decode", f"block {b}: {exc}", s.id)
+            self._lose(s, b, None, "unsigned")
+            return
+        ranges: dict[tuple[str, int], list[int]] = {}
+        for r in records:
+            span = ranges.get((r.topic, r.partition))
+            if span is None:
+                ranges[(r.topic, r.partition)] = [r.offset, r.offset, 1]
+            else:
+                span[1] = r.offset
+                span[2] += 1
+        entry: EntryTuple = (
+            b,
+            b"",
+            tuple((t, p, first, last, n) for (t, p), (first, last, n) in ranges.items()),
+        )
+        self._lose(s, b, entry, "unsigned")
 
     def _lose_run(self, s: _Session, first: int, last: int, reason: str) -> None:
         # the caller stops the run before any block or manifest entry we hold
@@ -942,6 +970,7 @@ class ReceiverSession:
             self._n_redundant += 1  # reordered: an older view than one we already have
             return
         s.heartbeat_seq = seq
+        s.last_heartbeat = hb
         self._n_heartbeats += 1
         self._events.append(
             HeartbeatReceived(
@@ -1091,6 +1120,10 @@ class ReceiverSession:
         if old is not None:
             previous = old.id
             self._advance(old, now, force_upto=old.known_max + 1, why="restart")
+            # no heartbeat of the old session will come to name what its lost blocks held:
+            # name it from the last one it sent
+            if old.unaccounted and old.base == 0 and old.last_heartbeat is not None:
+                self._reconcile(old, old.last_heartbeat)
             self._events.append(SessionEnded(old.id, old.blocks_delivered, old.blocks_lost))
             self._retired[old.id] = None
             while len(self._retired) > self.options.max_retired_sessions:

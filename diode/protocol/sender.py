@@ -67,6 +67,10 @@ _BATCH_HEADER_MAX = 5
 _START_ANNOUNCE_AT = (0.0, 0.02, 0.1, 0.3)
 #: data datagrams between two repeats of the key announcements (about 0.2% overhead)
 _ANNOUNCE_EVERY = 1024
+#: ... and while the start-up repeats are still planned: a sender that crashes soon after
+#: it started must not leave a session whose every announcement was lost (its datagrams
+#: could never be read, so their records could not be named in a gap)
+_ANNOUNCE_EVERY_AT_START = 64
 
 _DATA = int(DatagramType.DATA)
 _MANIFEST = int(DatagramType.MANIFEST)
@@ -445,7 +449,8 @@ class SenderSession:
         key.bytes_used += (k + m) * symlen
         # under load, time-based repeats are far apart in datagrams: repeat by count too
         self._since_announce += k + m
-        if self._since_announce >= _ANNOUNCE_EVERY:
+        every = _ANNOUNCE_EVERY_AT_START if self._announce_plan else _ANNOUNCE_EVERY
+        if self._since_announce >= every:
             self._announce()
 
         last: dict[tuple[str, int], int] = {}

@@ -10,6 +10,13 @@ datagrams become one ``datagrams_rejected`` entry per reason per interval (throu
 partition per interval with the offset range, count and bytes. Everything that means loss
 (``gap``, ``blocks_lost``) or a change of trust (session start/restart, key rotation, link
 down/up) is written at once.
+
+Losses are accounted across sender sessions (``diode.protocol.accounting.LossLedger``): a
+record at or below its partition's highest delivered offset is a duplicate a restarted sender
+sent again (``duplicates_skipped``, aggregated like deliveries), a gap of records all accounted
+for already is ``resend_lost`` rather than ``gap``, a gap's ``count`` is what it newly loses,
+and a resent record that fills a reported gap is ``gap_recovered``. So the ``gap`` counts less
+the ``gap_recovered`` counts are exactly the records that never arrived.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from diode.audit import AuditEvent, RejectionAggregator, format_time
+from diode.protocol.accounting import LossLedger, OpenGap
 from diode.protocol.events import (
     BlocksLost,
     DatagramRejected,
@@ -32,6 +40,7 @@ from diode.protocol.events import (
 )
 
 RECORDS_DELIVERED = AuditEvent.RECORDS_DELIVERED
+DUPLICATES_SKIPPED = AuditEvent.DUPLICATES_SKIPPED
 BLOCKS_LOST = AuditEvent.BLOCKS_LOST
 SESSION_END = AuditEvent.SESSION_END
 
@@ -65,6 +74,16 @@ class _Range:
     bytes: int
 
 
+@dataclass(slots=True)
+class _Recovered:
+    topic: str
+    partition: int
+    gap: OpenGap
+    first_offset: int
+    last_offset: int
+    count: int
+
+
 class ProtocolAuditor:
     """Feed it every event of one session side with ``handle(event, now)``.
 
@@ -81,8 +100,22 @@ class ProtocolAuditor:
         self._interval = interval
         self._window_start: float | None = None
         self._delivered: dict[tuple[str, int], _Range] = {}
+        self._duplicates: dict[tuple[str, int], _Range] = {}
+        self._recovered: dict[int, _Recovered] = {}
+        self.ledger = LossLedger()
+        #: new records delivered (duplicates of a resend not included)
         self.records_delivered = 0
-        self.records_lost = 0
+        self.records_duplicate = 0
+
+    @property
+    def records_lost(self) -> int:
+        """Records reported lost and not recovered since: the ``gap`` counts less the
+        ``gap_recovered`` counts."""
+        return self.ledger.net_lost
+
+    def seed(self, last_delivered: Mapping[tuple[str, int], int]) -> None:
+        """Offsets delivered before this program started (learned from IT Kafka)."""
+        self.ledger.seed(last_delivered)
 
     def handle(self, event: object, now: float) -> None:
         # close an interval that is over before the event lands in the next one
@@ -94,20 +127,32 @@ class ProtocolAuditor:
         elif isinstance(event, GapDetected):
             # a gap must never appear before the deliveries that preceded it
             self._flush_delivered(now)
-            self.records_lost += event.count
-            self._sink.append(
-                AuditEvent.GAP,
-                {
-                    "session_id": event.session_id.hex(),
-                    "topic": event.topic,
-                    "partition": event.partition,
-                    "first_offset": event.first_offset,
-                    "last_offset": event.last_offset,
-                    "count": event.count,
-                    "reason": event.reason,
-                    "block": event.block,
-                },
+            verdict = self.ledger.gap(
+                event.session_id,
+                event.topic,
+                event.partition,
+                event.first_offset,
+                event.last_offset,
+                event.count,
             )
+            fields: dict[str, object] = {
+                "session_id": event.session_id.hex(),
+                "topic": event.topic,
+                "partition": event.partition,
+                "first_offset": event.first_offset,
+                "last_offset": event.last_offset,
+                "count": verdict.lost if verdict.lost else event.count,
+                "reason": event.reason,
+                "block": event.block,
+            }
+            if not verdict.lost:
+                self._sink.append(AuditEvent.RESEND_LOST, fields)
+                return
+            if verdict.lost != event.count or verdict.bound:
+                # the block held more records; the others were accounted for already
+                fields["block_records"] = event.count
+                fields["count_is_bound"] = verdict.bound
+            self._sink.append(AuditEvent.GAP, fields)
         elif isinstance(event, BlocksLost):
             self._sink.append(
                 BLOCKS_LOST,
@@ -176,9 +221,13 @@ class ProtocolAuditor:
     def _deliver(self, event: RecordsDelivered, now: float) -> None:
         if self._window_start is None:
             self._window_start = now
-        ranges = self._delivered
+        delivered = self.ledger.delivered
+        session = event.session_id
+        new = 0
         for r in event.records:
             key = (r.topic, r.partition)
+            verdict = delivered(session, r.topic, r.partition, r.offset)
+            ranges = self._delivered if verdict is not False else self._duplicates
             size = r.size
             span = ranges.get(key)
             if span is None:
@@ -187,7 +236,20 @@ class ProtocolAuditor:
                 span.last_offset = r.offset
                 span.count += 1
                 span.bytes += size
-        self.records_delivered += len(event.records)
+            if verdict is False:
+                continue
+            new += 1
+            if verdict is not True:
+                got = self._recovered.get(id(verdict))
+                if got is None:
+                    self._recovered[id(verdict)] = _Recovered(
+                        r.topic, r.partition, verdict, r.offset, r.offset, 1
+                    )
+                else:
+                    got.last_offset = r.offset
+                    got.count += 1
+        self.records_delivered += new
+        self.records_duplicate += len(event.records) - new
 
     def tick(self, now: float) -> None:
         self._rejections.tick(now)
@@ -202,20 +264,35 @@ class ProtocolAuditor:
         if self._window_start is None:
             return
         start = self._window_start
-        ranges = self._delivered
+        delivered, duplicates, recovered = self._delivered, self._duplicates, self._recovered
         self._window_start = None
-        self._delivered = {}
-        for (topic, partition), span in sorted(ranges.items()):
+        self._delivered, self._duplicates, self._recovered = {}, {}, {}
+        interval = {"interval_start": format_time(start), "interval_end": format_time(now)}
+        for event, ranges in ((RECORDS_DELIVERED, delivered), (DUPLICATES_SKIPPED, duplicates)):
+            for (topic, partition), span in sorted(ranges.items()):
+                self._sink.append(
+                    event,
+                    {
+                        "topic": topic,
+                        "partition": partition,
+                        "first_offset": span.first_offset,
+                        "last_offset": span.last_offset,
+                        "count": span.count,
+                        "bytes": span.bytes,
+                        **interval,
+                    },
+                )
+        for got in recovered.values():
             self._sink.append(
-                RECORDS_DELIVERED,
+                AuditEvent.GAP_RECOVERED,
                 {
-                    "topic": topic,
-                    "partition": partition,
-                    "first_offset": span.first_offset,
-                    "last_offset": span.last_offset,
-                    "count": span.count,
-                    "bytes": span.bytes,
-                    "interval_start": format_time(start),
-                    "interval_end": format_time(now),
+                    "topic": got.topic,
+                    "partition": got.partition,
+                    "first_offset": got.first_offset,
+                    "last_offset": got.last_offset,
+                    "count": got.count,
+                    "gap_first_offset": got.gap.first_offset,
+                    "gap_last_offset": got.gap.last_offset,
+                    **interval,
                 },
             )

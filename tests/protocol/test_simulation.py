@@ -75,12 +75,14 @@ def test_beyond_the_budget_losses_are_exactly_accounted(seed: int) -> None:
 
 
 def test_restart_and_key_rotation_with_loss() -> None:
+    # a seed whose losses stay inside every block's budget (with seed 3 the link drops 3 of
+    # the 6 datagrams of the short tail block, which has 2 repair symbols)
     result = run_simulation(
         SimulationParams(
             records=6000,
-            seed=3,
+            seed=4,
             restart_after=3000,
-            link=LinkConfig(loss=0.04, seed=3),
+            link=LinkConfig(loss=0.04, seed=4),
             protocol=ProtocolConfig(key_rotation_bytes=300_000),
         )
     )

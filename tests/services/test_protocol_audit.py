@@ -136,3 +136,54 @@ def test_every_event_the_services_write_is_in_the_audit_vocabulary() -> None:
 
     for name in (receiver.POLICY_CHANGED, receiver.PROVENANCE_INCOMPLETE, RECORDS_DELIVERED):
         assert AuditEvent(name) == name  # `diode audit show --event NAME` accepts it
+
+
+def test_a_resend_after_a_restart_is_accounted_across_sessions(tmp_path: Path) -> None:
+    """Old session: 0..9 delivered, 10..19 cut off by the restart. The new session resends
+    5..29 and loses 25..29: duplicates are skipped, 10..19 recovered, only 25..29 lost."""
+    old, new = SID, bytes.fromhex("8899aabbccddeeff")
+    clock = [EPOCH]
+    log = _log(tmp_path / "a.jsonl", clock)
+    auditor = ProtocolAuditor(log, interval=10.0)
+    auditor.handle(RecordsDelivered(old, 0, tuple(_rec(o) for o in range(10))), EPOCH)
+    auditor.handle(GapDetected(old, "plant.t", 3, 10, 19, 10, "restart", 1), EPOCH)
+    auditor.handle(SessionStarted(new, True, old, 1), EPOCH)
+    auditor.handle(RecordsDelivered(new, 0, tuple(_rec(o) for o in range(5, 25))), EPOCH + 1)
+    # a block of resent records all delivered before: no new loss
+    auditor.handle(GapDetected(new, "plant.t", 3, 0, 4, 5, "lost", 2), EPOCH + 1)
+    auditor.handle(GapDetected(new, "plant.t", 3, 25, 29, 5, "lost", 3), EPOCH + 2)
+    auditor.close(EPOCH + 3)
+    log.close()
+    entries = _entries(tmp_path / "a.jsonl")
+    by_event: dict[str, list[dict[str, object]]] = {}
+    for e, _, f in entries:
+        by_event.setdefault(e, []).append(f)
+    assert [(f["first_offset"], f["count"]) for f in by_event["gap"]] == [(10, 10), (25, 5)]
+    assert [(f["first_offset"], f["count"]) for f in by_event["resend_lost"]] == [(0, 5)]
+    (dup,) = by_event["duplicates_skipped"]
+    assert (dup["first_offset"], dup["last_offset"], dup["count"]) == (5, 9, 5)
+    (rec,) = by_event["gap_recovered"]
+    assert (rec["first_offset"], rec["last_offset"], rec["count"]) == (10, 19, 10)
+    assert (rec["gap_first_offset"], rec["gap_last_offset"]) == (10, 19)
+    assert auditor.records_lost == 5
+    assert auditor.records_delivered == 25 and auditor.records_duplicate == 5
+
+    # the review command agrees: gaps less recoveries
+    out = CliRunner().invoke(main, ["audit", "stats", str(tmp_path / "a.jsonl"), "--json"])
+    assert out.exit_code == 0, out.output
+    stats = json.loads(out.output)
+    assert (stats["records_lost"], stats["records_recovered"]) == (5, 10)
+
+
+def test_a_receiver_restart_knows_what_it_delivered_before(tmp_path: Path) -> None:
+    clock = [EPOCH]
+    log = _log(tmp_path / "a.jsonl", clock)
+    auditor = ProtocolAuditor(log, interval=10.0)
+    auditor.seed({("plant.t", 3): 99})  # learned from the IT topic's provenance headers
+    auditor.handle(RecordsDelivered(SID, 0, tuple(_rec(o) for o in range(90, 110))), EPOCH)
+    auditor.handle(GapDetected(SID, "plant.t", 3, 60, 89, 30, "lost", 1), EPOCH)
+    auditor.close(EPOCH + 1)
+    log.close()
+    events = [e for e, _, _ in _entries(tmp_path / "a.jsonl")]
+    assert "gap" not in events and "resend_lost" in events
+    assert auditor.records_lost == 0 and auditor.records_duplicate == 10
