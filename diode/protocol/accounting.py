@@ -109,6 +109,19 @@ class LossLedger:
             return self._prior.get(key, -1)
         return self._high.get(key, -1)
 
+    def delivered_run(self, session: bytes, key: _Key, first: int, last: int) -> bool:
+        """The fast path for a block's records of one partition (``first`` to ``last``, in
+        order): True, and recorded, if all are new and none can fill an open gap; False if
+        the caller must go through ``delivered`` record by record."""
+        high = self._high.get(key, -1)
+        if first <= high or key in self._open:
+            return False
+        self._high[key] = last
+        if self._session.get(key) != session:
+            self._prior[key] = high
+            self._session[key] = session
+        return True
+
     def delivered(self, session: bytes, topic: str, partition: int, offset: int) -> OpenGap | bool:
         """One record ``session`` delivered, in order. False: a duplicate (at or below the
         high offset: already accounted for); True: a new record; an ``OpenGap``: a new

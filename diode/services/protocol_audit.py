@@ -84,6 +84,17 @@ class _Recovered:
     count: int
 
 
+def _merge(ranges: dict[tuple[str, int], _Range], key: tuple[str, int], span: _Range) -> None:
+    """Add ``span`` (later offsets of the same partition) to the interval's range."""
+    have = ranges.get(key)
+    if have is None:
+        ranges[key] = _Range(span.first_offset, span.last_offset, span.count, span.bytes)
+    else:
+        have.last_offset = span.last_offset
+        have.count += span.count
+        have.bytes += span.bytes
+
+
 class ProtocolAuditor:
     """Feed it every event of one session side with ``handle(event, now)``.
 
@@ -221,33 +232,46 @@ class ProtocolAuditor:
     def _deliver(self, event: RecordsDelivered, now: float) -> None:
         if self._window_start is None:
             self._window_start = now
-        delivered = self.ledger.delivered
-        session = event.session_id
-        new = 0
+        # this block's records per source partition first: the ledger's common case (all
+        # new, no open gap) then costs one call per partition, not one per record
+        per: dict[tuple[str, int], _Range] = {}
         for r in event.records:
             key = (r.topic, r.partition)
-            verdict = delivered(session, r.topic, r.partition, r.offset)
-            ranges = self._delivered if verdict is not False else self._duplicates
             size = r.size
-            span = ranges.get(key)
+            span = per.get(key)
             if span is None:
-                ranges[key] = _Range(r.offset, r.offset, 1, size)
+                per[key] = _Range(r.offset, r.offset, 1, size)
             else:
                 span.last_offset = r.offset
                 span.count += 1
                 span.bytes += size
-            if verdict is False:
+        ledger = self.ledger
+        session = event.session_id
+        new = 0
+        for key, span in per.items():
+            if ledger.delivered_run(session, key, span.first_offset, span.last_offset):
+                _merge(self._delivered, key, span)
+                new += span.count
                 continue
-            new += 1
-            if verdict is not True:
-                got = self._recovered.get(id(verdict))
-                if got is None:
-                    self._recovered[id(verdict)] = _Recovered(
-                        r.topic, r.partition, verdict, r.offset, r.offset, 1
-                    )
-                else:
-                    got.last_offset = r.offset
-                    got.count += 1
+            for r in event.records:
+                if (r.topic, r.partition) != key:
+                    continue
+                verdict = ledger.delivered(session, r.topic, r.partition, r.offset)
+                one = _Range(r.offset, r.offset, 1, r.size)
+                if verdict is False:
+                    _merge(self._duplicates, key, one)
+                    continue
+                _merge(self._delivered, key, one)
+                new += 1
+                if verdict is not True:
+                    got = self._recovered.get(id(verdict))
+                    if got is None:
+                        self._recovered[id(verdict)] = _Recovered(
+                            r.topic, r.partition, verdict, r.offset, r.offset, 1
+                        )
+                    else:
+                        got.last_offset = r.offset
+                        got.count += 1
         self.records_delivered += new
         self.records_duplicate += len(event.records) - new
 
