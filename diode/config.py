@@ -196,12 +196,25 @@ class ReceiverLimits(_Section):
     """``[receiver]``: limits and timeouts of the receiving session."""
 
     block_timeout_s: Annotated[float, Field(gt=0, le=600)] = 0.5
+    #: on a slow link the block timeout is stretched by the time an interleaved group of
+    #: blocks takes to arrive (measured), up to this many seconds in all
+    max_block_wait_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_open_blocks: Annotated[int, Field(ge=16, le=1_000_000)] = 512
     receive_window: Annotated[int, Field(ge=16, le=10_000_000)] = 4096
     #: records in the newest window read back from each IT partition at start (provenance)
     provenance_window: Annotated[int, Field(ge=1, le=10_000_000)] = 1000
     #: most records read back from one IT partition before giving up (audited)
     provenance_max_records: Annotated[int, Field(ge=1, le=1_000_000_000)] = 200_000
+
+    @model_validator(mode="after")
+    def _waits(self) -> Self:
+        if self.max_block_wait_s < self.block_timeout_s:
+            raise ValueError(
+                f"max_block_wait_s {self.max_block_wait_s} is shorter than block_timeout_s "
+                f"{self.block_timeout_s}: it bounds the stretched timeout, so it must be at "
+                "least as long"
+            )
+        return self
 
 
 class SpoolSettings(_Section):

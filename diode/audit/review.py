@@ -185,6 +185,37 @@ class Stats:
         }
 
 
+#: the entries whose offsets a restarted receiver must not report as lost a second time
+_LOSS_EVENTS = (b'"event":"gap"', b'"event":"resend_lost"')
+
+
+def last_reported_losses(path: Path) -> dict[tuple[str, int], int]:
+    """Per source partition, the highest offset a ``gap`` or ``resend_lost`` entry of the
+    live file at ``path`` names: what a restarted receiver already reported lost. Lines
+    that cannot be read are passed over (this is not verifying); a missing file is empty."""
+    out: dict[tuple[str, int], int] = {}
+    if not path.exists():
+        return out
+    for raw in iter_lines(path):
+        if not raw.complete or raw.oversize or not any(m in raw.data for m in _LOSS_EVENTS):
+            continue
+        try:
+            entry = decode_line(raw.data)
+        except AuditError:
+            continue
+        f = entry.fields
+        topic, partition, last = f.get("topic"), f.get("partition"), f.get("last_offset")
+        if (
+            isinstance(topic, str)
+            and isinstance(partition, int)
+            and isinstance(last, int)
+            and entry.event in (AuditEvent.GAP, AuditEvent.RESEND_LOST)
+            and last > out.get((topic, partition), -1)
+        ):
+            out[(topic, partition)] = last
+    return out
+
+
 def compute_stats(reader: Reader, flt: Filter | None = None) -> Stats:
     stats = Stats()
     for item in reader if flt is None else reader.matching(flt):

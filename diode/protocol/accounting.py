@@ -18,6 +18,12 @@ rule to losses:
   (``count == last - first + 1``), and else an upper bound, the smaller of its count and its
   unaccounted offsets (the ledger never under-reports a loss).
 
+* the first time a session shows a partition whose history is known (delivered or reported
+  before, or learned at start), offsets between that history and what the session shows
+  are *unseen* (``first_sight``): records sent while the receiver was down, or in datagrams
+  it could never read, or refused by the sender's policy. They are counted as lost, as an
+  upper bound (offsets, not records), and a resend may still recover them.
+
 Within one session, with no restart, every gap is new and nothing is recovered: the ledger's
 total equals the sum of the session's gaps. Pure and deterministic; no clock.
 """
@@ -68,7 +74,10 @@ class LossLedger:
         "_high",
         "_open",
         "_prior",
+        "_reported",
         "_session",
+        "_sighted",
+        "bounded",
         "forgotten",
         "records_lost",
         "records_recovered",
@@ -81,6 +90,12 @@ class LossLedger:
         self._session: dict[_Key, bytes] = {}
         self._prior: dict[_Key, int] = {}
         self._open: dict[_Key, list[OpenGap]] = {}
+        #: per partition, the highest offset a gap has named
+        self._reported: dict[_Key, int] = {}
+        #: per partition, the last session seen delivering or losing its records
+        self._sighted: dict[_Key, bytes] = {}
+        #: losses counted as an upper bound (``GapVerdict.bound`` or an unseen range)
+        self.bounded = 0
         #: open gaps dropped because a partition had ``MAX_OPEN_GAPS`` of them
         self.forgotten = 0
         #: records counted lost by ``gap`` (before recoveries)
@@ -93,15 +108,50 @@ class LossLedger:
         """Records lost and never recovered."""
         return self.records_lost - self.records_recovered
 
-    def seed(self, last_delivered: Mapping[_Key, int]) -> None:
-        """Start from offsets already delivered (the receiver learns them from IT Kafka)."""
+    def seed(
+        self, last_delivered: Mapping[_Key, int], last_reported: Mapping[_Key, int] | None = None
+    ) -> None:
+        """Start from offsets already delivered (the receiver learns them from IT Kafka) and
+        already reported lost (from its own audit log)."""
         for key, offset in last_delivered.items():
             if offset > self._high.get(key, -1):
                 self._high[key] = offset
+        for key, offset in (last_reported or {}).items():
+            if offset > self._reported.get(key, -1):
+                self._reported[key] = offset
+
+    def first_sight(self, session: bytes, key: _Key, first: int) -> OpenGap | None:
+        """Call before handing over a session's records or gap of a partition, with the
+        lowest offset it names. The first time a session shows a partition whose history is
+        known, the offsets between what is accounted for and ``first`` are *unseen*: sent
+        while this receiver was down or while its datagrams could not be read, or refused by
+        the sender's policy. Returned as a loss (an upper bound: the offsets, not records),
+        which a later resend may still recover."""
+        if self._sighted.get(key) == session:
+            return None
+        self._sighted[key] = session
+        known = max(self._high.get(key, -1), self._reported.get(key, -1))
+        if known < 0 or first <= known + 1:
+            return None
+        span = OpenGap(known + 1, first - 1, first - 1 - known, b"")
+        spans = self._open.setdefault(key, [])
+        spans.append(span)
+        if len(spans) > MAX_OPEN_GAPS:
+            del spans[0]
+            self.forgotten += 1
+        self._reported[key] = span.last_offset
+        self.records_lost += span.remaining
+        self.bounded += 1
+        return span
 
     def high(self, topic: str, partition: int) -> int:
         """The highest offset of the partition delivered so far (-1: none)."""
         return self._high.get((topic, partition), -1)
+
+    def accounted(self, topic: str, partition: int) -> int:
+        """The highest offset of the partition delivered or reported lost (-1: none)."""
+        key = (topic, partition)
+        return max(self._high.get(key, -1), self._reported.get(key, -1))
 
     def _accounted(self, key: _Key, session: bytes) -> int:
         """The highest offset other sessions delivered (or the seed)."""
@@ -191,6 +241,9 @@ class LossLedger:
                 self.forgotten += 1
             self._open[key] = spans
             self.records_lost += lost
+            self.bounded += bound
+        if last > self._reported.get(key, -1):
+            self._reported[key] = last
         return GapVerdict(lost, bound)
 
 

@@ -129,6 +129,20 @@ class HeartbeatReceived:
 
 
 @dataclass(frozen=True, slots=True)
+class PartitionUnseen:
+    """A session this receiver joined after it had started sent records of this partition
+    (up to ``last_offset``, in blocks up to ``last_block``) of which none reached the receiver:
+    its heartbeat says so once every block up to ``last_block`` is resolved. The receiver
+    knows no more of them; what it had delivered before (from IT Kafka) bounds the loss."""
+
+    session_id: bytes
+    topic: str
+    partition: int
+    last_offset: int
+    last_block: int
+
+
+@dataclass(frozen=True, slots=True)
 class HeartbeatMissed:
     """No authenticated datagram for longer than the heartbeat timeout: the link may be dead."""
 
@@ -164,6 +178,7 @@ Event = (
     | SessionEnded
     | KeyRotated
     | HeartbeatReceived
+    | PartitionUnseen
     | HeartbeatMissed
     | LinkUp
     | ManifestVerified

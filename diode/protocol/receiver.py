@@ -63,6 +63,7 @@ from diode.protocol.events import (
     KeyRotated,
     LinkUp,
     ManifestVerified,
+    PartitionUnseen,
     ReceiverCounters,
     RecordsDelivered,
     SessionEnded,
@@ -111,8 +112,11 @@ class ReceiverOptions:
 
     #: hold rebuilt blocks until a signed manifest covers them (see the module docstring)
     strict: bool = True
-    #: how long a known block may stay incomplete (or unsigned) before it becomes a gap
+    #: how long a known block may stay incomplete (or unsigned) before it becomes a gap, on
+    #: a fast link; on a slow one it is stretched by twice the time an interleaved group of
+    #: blocks takes to arrive at the measured rate, up to ``max_block_wait`` in all
     block_timeout: float = 0.5
+    max_block_wait: float = 30.0
     #: silence after which ``HeartbeatMissed`` is raised; None: 3 heartbeat intervals + 0.1 s
     heartbeat_timeout: float | None = None
     max_open_blocks: int = 512
@@ -188,8 +192,12 @@ class _Session:
         "manifest",
         "pending",
         "pending_since",
+        "rate_at",
+        "rate_n",
         "silent",
+        "stretch",
         "unaccounted",
+        "unseen",
     )
 
     def __init__(self, session_id: bytes, now: float) -> None:
@@ -218,6 +226,13 @@ class _Session:
         self.accounted: dict[tuple[str, int], list[int]] = {}
         self.unaccounted = 0  # records owed a GapDetected once a heartbeat tells the counts
         self.floor: dict[tuple[str, int], int] | None = None
+        # partitions a heartbeat showed sent before this receiver joined (PartitionUnseen)
+        self.unseen: set[tuple[str, int]] = set()
+        # the link's pace, measured: when the accepted-datagram count was last sampled, and
+        # the seconds added to ``block_timeout`` for the time an interleaved group takes
+        self.rate_at = now
+        self.rate_n = -1
+        self.stretch = 0.0
 
 
 class ReceiverSession:
@@ -457,7 +472,7 @@ class ReceiverSession:
             if not s.silent:
                 times.append(s.last_heard + self._hb_timeout)
             if s.known and s.head <= s.known_max:
-                times.append(s.known[0][1] + self.options.block_timeout)
+                times.append(s.known[0][1] + self.options.block_timeout + s.stretch)
             if s.pending:
                 times.append(s.pending_since + self.options.manifest_verify_delay)
         return min(times) if times else None
@@ -677,8 +692,29 @@ class ReceiverSession:
             known.popleft()
         for upto, at in known:
             if upto >= number:
-                return now >= at + self.options.block_timeout
+                return now >= at + self.options.block_timeout + s.stretch
         return False
+
+    def _pace(self, s: _Session, now: float) -> None:
+        """Measure the rate datagrams are accepted at, over windows of 64 of them (a window
+        restarts whenever nothing arrived since the last look, so idle time is not counted),
+        so that a slow link's blocks are waited for as long as the link needs to carry an
+        interleaved group of them."""
+        n = self._n_accepted
+        got = n - s.rate_n
+        if s.rate_n < 0 or got <= 0:
+            s.rate_at, s.rate_n = now, n
+            return
+        if got < 64:
+            return
+        elapsed = now - s.rate_at
+        s.rate_at, s.rate_n = now, n
+        cfg = self.config
+        opts = self.options
+        group = cfg.interleave * (cfg.k + cfg.m)
+        s.stretch = max(
+            0.0, min(opts.max_block_wait - opts.block_timeout, 2.0 * group * elapsed / got)
+        )
 
     def _learn(self, s: _Session, number: int, now: float) -> None:
         if number > s.known_max:
@@ -694,6 +730,7 @@ class ReceiverSession:
         sender started a new session), ``window`` (it is a whole receive window ahead) or
         ``overload`` (too many open blocks).
         """
+        self._pace(s, now)
         strict = self.options.strict
         blocks = s.blocks
         manifest = s.manifest
@@ -991,6 +1028,19 @@ class ReceiverSession:
         self._advance(s, now)
         if s.unaccounted and s.base == 0:
             self._reconcile(s, hb)
+        elif s.base:
+            self._note_unseen(s, hb)
+
+    def _note_unseen(self, s: _Session, hb: Heartbeat) -> None:
+        """A session joined after its start: name the partitions it sent only before."""
+        for mark in hb.marks:
+            tp = (mark.topic, mark.partition)
+            if mark.last_block >= s.head or tp in s.accounted or tp in s.unseen:
+                continue  # still open, or this receiver saw some of it
+            s.unseen.add(tp)
+            self._events.append(
+                PartitionUnseen(s.id, mark.topic, mark.partition, mark.last_offset, mark.last_block)
+            )
 
     def _reconcile(self, s: _Session, hb: Heartbeat) -> None:
         """Name the records of blocks lost without a manifest, from the heartbeat's counts."""

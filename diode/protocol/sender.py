@@ -716,6 +716,27 @@ class SenderSession:
         self._control(now)
         return self._take()
 
+    def poll_control(self, now: float) -> list[bytes]:
+        """Handle due control timers only (manifests, heartbeats, announcements, rotation),
+        leaving the open block open: for a driver in the middle of handing over records,
+        which keeps the control datagrams on time while its link paces data out slowly."""
+        self._control(now)
+        return self._take()
+
+    def next_control_timer(self) -> float:
+        """When ``poll_control`` should next be called."""
+        cfg = self.config
+        times = [
+            self._next_heartbeat,
+            self._next_announce,
+            self._current.created + cfg.key_rotation_seconds,
+        ]
+        if self._announce_plan:
+            times.append(self._announce_plan[0])
+        if self._manifest_queue:
+            times.append(self._next_manifest_at)
+        return min(times)
+
     def flush(self, now: float) -> list[bytes]:
         """Close the open block and send everything held, with a manifest and a heartbeat."""
         if self._enc:
@@ -734,19 +755,11 @@ class SenderSession:
     def next_timer(self) -> float | None:
         """When ``poll`` should next be called."""
         cfg = self.config
-        times = [
-            self._next_heartbeat,
-            self._next_announce,
-            self._current.created + cfg.key_rotation_seconds,
-        ]
-        if self._announce_plan:
-            times.append(self._announce_plan[0])
+        times = [self.next_control_timer()]
         if self._enc:
             times.append(self._opened_at + cfg.linger)
         if self._group:
             times.append(self._group_started + cfg.linger)
-        if self._manifest_queue:
-            times.append(self._next_manifest_at)
         return min(times)
 
     def committable(self) -> dict[tuple[str, int], int]:

@@ -34,6 +34,7 @@ from diode.protocol.events import (
     HeartbeatMissed,
     KeyRotated,
     LinkUp,
+    PartitionUnseen,
     RecordsDelivered,
     SessionEnded,
     SessionStarted,
@@ -41,6 +42,9 @@ from diode.protocol.events import (
 
 RECORDS_DELIVERED = AuditEvent.RECORDS_DELIVERED
 DUPLICATES_SKIPPED = AuditEvent.DUPLICATES_SKIPPED
+#: the gap reason of offsets no session showed: sent while the receiver was down, never
+#: readable, or refused by the sender's policy (the count is an upper bound)
+UNSEEN = "unseen"
 BLOCKS_LOST = AuditEvent.BLOCKS_LOST
 SESSION_END = AuditEvent.SESSION_END
 
@@ -124,9 +128,14 @@ class ProtocolAuditor:
         ``gap_recovered`` counts."""
         return self.ledger.net_lost
 
-    def seed(self, last_delivered: Mapping[tuple[str, int], int]) -> None:
-        """Offsets delivered before this program started (learned from IT Kafka)."""
-        self.ledger.seed(last_delivered)
+    def seed(
+        self,
+        last_delivered: Mapping[tuple[str, int], int],
+        last_reported: Mapping[tuple[str, int], int] | None = None,
+    ) -> None:
+        """Offsets delivered before this program started (learned from IT Kafka) and
+        reported lost by its previous run (from its audit log)."""
+        self.ledger.seed(last_delivered, last_reported)
 
     def handle(self, event: object, now: float) -> None:
         # close an interval that is over before the event lands in the next one
@@ -138,6 +147,10 @@ class ProtocolAuditor:
         elif isinstance(event, GapDetected):
             # a gap must never appear before the deliveries that preceded it
             self._flush_delivered(now)
+            key = (event.topic, event.partition)
+            unseen = self.ledger.first_sight(event.session_id, key, event.first_offset)
+            if unseen is not None:
+                self._unseen(event.session_id, key, unseen, now)
             verdict = self.ledger.gap(
                 event.session_id,
                 event.topic,
@@ -164,6 +177,11 @@ class ProtocolAuditor:
                 fields["block_records"] = event.count
                 fields["count_is_bound"] = verdict.bound
             self._sink.append(AuditEvent.GAP, fields)
+        elif isinstance(event, PartitionUnseen):
+            key = (event.topic, event.partition)
+            unseen = self.ledger.first_sight(event.session_id, key, event.last_offset + 1)
+            if unseen is not None:
+                self._unseen(event.session_id, key, unseen, now)
         elif isinstance(event, BlocksLost):
             self._sink.append(
                 BLOCKS_LOST,
@@ -249,6 +267,9 @@ class ProtocolAuditor:
         session = event.session_id
         new = 0
         for key, span in per.items():
+            unseen = ledger.first_sight(session, key, span.first_offset)
+            if unseen is not None:
+                self._unseen(session, key, unseen, now)
             if ledger.delivered_run(session, key, span.first_offset, span.last_offset):
                 _merge(self._delivered, key, span)
                 new += span.count
@@ -274,6 +295,23 @@ class ProtocolAuditor:
                         got.count += 1
         self.records_delivered += new
         self.records_duplicate += len(event.records) - new
+
+    def _unseen(self, session: bytes, key: tuple[str, int], span: OpenGap, now: float) -> None:
+        """A ``gap`` for offsets no session showed (see ``LossLedger.first_sight``)."""
+        self._flush_delivered(now)
+        self._sink.append(
+            AuditEvent.GAP,
+            {
+                "session_id": session.hex(),
+                "topic": key[0],
+                "partition": key[1],
+                "first_offset": span.first_offset,
+                "last_offset": span.last_offset,
+                "count": span.remaining,
+                "reason": UNSEEN,
+                "count_is_bound": True,
+            },
+        )
 
     def tick(self, now: float) -> None:
         self._rejections.tick(now)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from diode.audit import Actor, AuditEvent
+from diode.audit.review import last_reported_losses
 from diode.config import ReceiverConfig, config_fingerprint
 from diode.errors import KafkaError
 from diode.io.kafka import (
@@ -176,6 +177,9 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         receiver_key = load_receiver_private_key(config.keys.receiver_key)
         sender_key = load_verify_key(config.keys.sender_public_key)
         audit_key = load_signing_key(config.keys.audit_key)
+        # what the previous run reported lost is not reported again (read before this run
+        # appends to the log)
+        self._reported_before = last_reported_losses(config.audit.path)
         self.audit = open_audit_log(config.audit, Actor.RECEIVER, audit_key, wall)
         self.auditor = ProtocolAuditor(self.audit, interval=config.audit.aggregate_seconds)
         self._reload = threading.Event()
@@ -220,6 +224,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
                 sender_key,
                 options=ReceiverOptions(
                     block_timeout=r.block_timeout_s,
+                    max_block_wait=r.max_block_wait_s,
                     max_open_blocks=r.max_open_blocks,
                     receive_window=r.receive_window,
                 ),
@@ -262,7 +267,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         self._audit_provenance()
         # records at or below what IT Kafka already holds are accounted for: a resend of
         # them is a duplicate, and losing one again is no new loss
-        self.auditor.seed(self.last_delivered)
+        self.auditor.seed(self.last_delivered, self._reported_before)
         log.info(
             "receiver listening on %s:%d; resuming %d source partition(s)",
             *self.local_address,

@@ -54,6 +54,8 @@ from diode.services.common import (
 
 log = logging.getLogger(__name__)
 
+#: link time of the records the sender hands its session in one go on a paced link
+_SLICE_SECONDS = 0.05
 #: how long a stopping sender waits for the quarantine producer
 _STOP_FLUSH_S = 10.0
 
@@ -131,6 +133,14 @@ class SenderService(ServiceLoop[SenderStats]):
                     "nothing to send"
                 )
             rate = config.udp.rate_mbit
+            # records handed to the session between two looks at its timers: about 50 ms of
+            # link time, at least one full block (unpaced: no limit)
+            pc = config.protocol
+            self._slice_bytes = (
+                max(int(rate * 1_000_000 / 8 * _SLICE_SECONDS), pc.payload_size * pc.k)
+                if rate > 0
+                else 1 << 62
+            )
             self._udp = UdpSender(
                 UdpSenderConfig(
                     host=config.udp.host,
@@ -233,6 +243,7 @@ class SenderService(ServiceLoop[SenderStats]):
         now = self._clock()
         if records:
             self._judge_batch(records, now, self._wall())
+            now = self._clock()  # pacing a batch out takes time on a slow link
         session = self._session
         if session is not None:
             timer = session.next_timer()
@@ -263,6 +274,8 @@ class SenderService(ServiceLoop[SenderStats]):
         forward = Action.FORWARD
         run: list[Record] = []
         sources: list[tuple[Record, Decision]] = []
+        budget = self._slice_bytes
+        since_tick = 0
         for record in records:
             decision = evaluate(record, wall)
             target = decision.target_topic
@@ -284,10 +297,15 @@ class SenderService(ServiceLoop[SenderStats]):
                 sources.append((record, decision))
             else:
                 if run:
-                    self._forward_run(run, sources, now)
+                    now = self._forward_run(run, sources, now)
                     run = []
                     sources = []
                 self._judge(record, decision, now)
+                since_tick += record.size
+                if since_tick >= budget and self._session is not None:
+                    # one by one too, the session's timers speak only of what is on the wire
+                    now = self._tick(self._session, now)
+                    since_tick = 0
             consumed[(record.topic, record.partition)] = record.offset + 1
         if run:
             self._forward_run(run, sources, now)
@@ -295,23 +313,34 @@ class SenderService(ServiceLoop[SenderStats]):
 
     def _forward_run(
         self, run: list[Record], sources: list[tuple[Record, Decision]], now: float
-    ) -> None:
-        """Hand plain forwards (with their target header) to the session in one call; one too
-        large for the protocol is refused alone and the others go on."""
+    ) -> float:
+        """Hand plain forwards (with their target header) to the session, in slices on a paced
+        link; one too large for the protocol is refused alone and the others go on. Returns
+        the time to go on with."""
         session = self._started(now)
         taken = 0  # records of ``run`` the session has accepted or refused
         refused: list[int] = []
+        budget = self._slice_bytes
 
         def feed() -> Iterator[Record]:
-            # add_many asks for the next record only once it holds this one
+            # add_many asks for the next record only once it holds this one; a slice ends
+            # after about ``budget`` bytes, so on a paced link what the session has emitted
+            # is on the wire before its timers speak of it (a heartbeat or manifest naming
+            # blocks still queued behind it would start the receiver's clock early)
             nonlocal taken
+            used = 0
             for i in range(taken, len(run)):
                 yield run[i]
                 taken = i + 1
+                used += run[i].size
+                if used >= budget:
+                    return
 
         while taken < len(run):
             try:
                 self._send(session.add_many(feed(), now))
+                if taken < len(run):
+                    now = self._tick(session, now)
             except LocalProtocolError as exc:
                 # run[taken] was refused before it touched the session
                 record, decision = sources[taken]
@@ -324,6 +353,7 @@ class SenderService(ServiceLoop[SenderStats]):
             if not refused or i not in refused:
                 added[(crossing.topic, crossing.partition)] = crossing.offset
         self.stats.forwarded += len(run) - len(refused)
+        return now
 
     def _judge(self, record: Record, decision: Decision, now: float) -> None:
         """One record the fast path of ``_judge_batch`` does not take, already evaluated."""
@@ -367,6 +397,15 @@ class SenderService(ServiceLoop[SenderStats]):
         if datagrams and self._udp is not None:
             self._udp.send_many(datagrams)
             self.stats.datagrams += len(datagrams)
+
+    def _tick(self, session: SenderSession, now: float) -> float:
+        """Between two slices of a batch: send the control datagrams that came due
+        (manifests, heartbeats, announcements) and leave the open block open, more records
+        follow at once; the clock's time, which the caller goes on with."""
+        t = self._clock()
+        if t >= session.next_control_timer():
+            self._send(session.poll_control(t))
+        return max(now, t)
 
     # ------------------------------------------------------------------ refusals and audit
 
