@@ -1,4 +1,7 @@
-"""Timing and command-line helpers the micro-benchmarks share.
+"""Command-line helpers the micro-benchmarks share, and the package's timing helper.
+
+``median_rate`` lives in ``diode.benchmark`` (``diode bench`` times with it too) and is
+re-exported here.
 
 Imported as ``from _timing import ...``: benchmarks run as ``python bench/<name>.py``, which
 puts this directory first on ``sys.path``.
@@ -8,27 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from diode.benchmark import median_rate
 
-def median_rate(fn: Callable[[], object], units: int, runs: int, min_time: float) -> float:
-    """Median over ``runs`` of units/s, each run repeating ``fn`` for at least ``min_time``."""
-    rates = []
-    for _ in range(runs):
-        n = 0
-        began = time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - began
-            if elapsed >= min_time:
-                break
-        rates.append(units * n / elapsed)
-    return statistics.median(rates)
+__all__ = ["median_rate", "parse_args", "print_report"]
 
 
 def parse_args(

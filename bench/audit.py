@@ -11,7 +11,8 @@ verifies the result, printing one JSON object:
   run is verified too, untimed, so a writer that broke the chain cannot post a result).
 
 Every run checkpoints every ``--checkpoint`` entries (Ed25519 sign + fsync under the
-default policy) and rotates at 64 MiB. Target: >= 50,000 entries/s.
+default policy) and rotates at 64 MiB. Target: >= 50,000 entries/s. The writing is
+``diode.benchmark.write_audit``, which ``diode bench audit`` times too.
 
     .venv/bin/python bench/audit.py [--entries 200000] [--checkpoint 1000] [--fsync checkpoint]
 """
@@ -25,42 +26,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from diode.audit import AuditConfig, AuditLog, FsyncPolicy, verify
+from diode.audit import FsyncPolicy, verify
+from diode.benchmark import write_audit
+from diode.errors import BenchmarkError
 from diode.protocol.crypto import SigningKey
-
-
-def _fields(i: int) -> dict[str, object]:
-    return {
-        "topic": "plant.sensors.line7",
-        "partition": i % 12,
-        "offset": 1_000_000 + i,
-        "rule": "size_limit",
-        "reason": "value of 2048 bytes exceeds limit 1024",
-    }
 
 
 def _write(
     path: Path, key: SigningKey, n: int, checkpoint: int, fsync: str, threaded: bool
 ) -> tuple[float, float]:
-    config = AuditConfig(
-        path=path,
-        threaded=threaded,
-        queue_size=n + 10,
-        checkpoint_entries=checkpoint,
-        checkpoint_seconds=None,
-        fsync=FsyncPolicy(fsync),
-    )
-    fields = [_fields(i) for i in range(n)]
-    log = AuditLog(config, key)
-    start = time.perf_counter()
-    for f in fields:
-        log.append("record_refused", f)
-    appended = time.perf_counter()
-    log.close()
-    end = time.perf_counter()
-    if log.stats.dropped:
-        raise SystemExit(f"{log.stats.dropped} entries dropped: the benchmark is invalid")
-    return end - start, appended - start
+    try:
+        return write_audit(
+            path, key, n, checkpoint=checkpoint, fsync=FsyncPolicy(fsync), threaded=threaded
+        )
+    except BenchmarkError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def main() -> None:

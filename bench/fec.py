@@ -4,7 +4,8 @@ Codecs compared: every one ``CODECS`` lists (zfec, raptorq, and rs, our own SIMD
 Reed-Solomon; ``rs_kernel`` says which of its kernels ran), then reedsolo and creedsolo.
 
 Prints one JSON object. Throughput is MB/s (10**6 bytes) of *source* data through the
-diode's own ``ErasureCodec`` API (validation included), median of several runs. Decode
+diode's own ``ErasureCodec`` API (validation included), median of several runs, on the block
+``diode.benchmark.FecWorkload`` makes (the one ``diode bench fec`` times). Decode
 rebuilds m lost source symbols from m repair symbols (RaptorQ gets m+2 repair, i.e. k+2
 symbols, as it needs). ``encode_2_threads_MBps`` runs two encoders at once: it doubles only
 if the library releases the GIL; ``python_thread_slowdown_beside_encode`` is how much slower
@@ -32,6 +33,7 @@ from typing import Any
 
 from _timing import median_rate, parse_args, print_report
 
+from diode.benchmark import FecWorkload, rs_kernel
 from diode.errors import FECError
 from diode.protocol.fec import CODECS, DEFAULT_CODEC, ErasureCodec, get_codec
 
@@ -99,28 +101,15 @@ def _bench_codec(
     codec: ErasureCodec, k: int, m: int, rng: random.Random, runs: int, min_time: float
 ) -> dict[str, Any]:
     loops = int(min_time * 10_000_000)
-    source = [rng.randbytes(SYMBOL) for _ in range(k)]
-    extra = codec.overhead()
-    repair = codec.encode(source, m + extra)
-    lost = set(rng.sample(range(k), m))
-    received = {i: source[i] for i in range(k) if i not in lost}
-    received.update({k + j: repair[j] for j in range(m + extra)})
-    assert codec.decode(k, m + extra, received) == source
-
-    def encode() -> object:
-        return codec.encode(source, m)
-
-    def decode() -> object:
-        return codec.decode(k, m + extra, received)
-
-    size = k * SYMBOL
+    work = FecWorkload(codec, k, m, SYMBOL, rng)  # checks that the decode rebuilds the block
+    encode, decode, size = work.encode, work.decode, work.source_bytes
     encode_mbps = _median_mbps(encode, size, runs, min_time)
     return {
         "encode_MBps": encode_mbps,
         "decode_MBps": _median_mbps(decode, size, runs, min_time),
         "encode_2_threads_MBps": _parallel_mbps(encode, size, encode_mbps, runs, min_time),
         "python_thread_slowdown_beside_encode": _python_slowdown(encode, loops),
-        "decode_symbols_given": f"k+{extra}" if extra else "k",
+        "decode_symbols_given": work.decode_symbols_given,
     }
 
 
@@ -183,15 +172,6 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def _rs_kernel() -> str | None:
-    """The kernel rs runs here by default (the widest SIMD the CPU has)."""
-    if "rs" not in CODECS:
-        return None
-    from diode.protocol import _rs
-
-    return _rs.kernels()[-1]
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args, runs, min_time = parse_args(__doc__.splitlines()[0], argv)
     rs_runs, rs_columns = (1, 8) if args.quick else (3, 200)
@@ -232,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "cpus": os.cpu_count(),
         "versions": {d: _version(d) for d in ("zfec", "raptorq", "reedsolo")},
         "default_codec": DEFAULT_CODEC,
-        "rs_kernel": _rs_kernel(),
+        "rs_kernel": rs_kernel(),
         "results": results,
         "raptorq_decode_failures": failures,
     }

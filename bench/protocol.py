@@ -18,6 +18,10 @@ runs, which the other load of a shared machine does not inflate; ``*_two_cores_m
 the sender with its FEC encode on a worker thread (``fec_thread=True``), by wall-clock time,
 and ``*_cpu_mb_s`` for it is the payload per CPU second of both threads.
 
+The workload (records, sessions, loss, the delivery check) is ``diode.benchmark``'s, the one
+``diode bench protocol`` times; this script adds the per-datagram receiver, the FEC thread,
+the linger padding and the profiles.
+
     python bench/protocol.py [--records N] [--record-size B] [--codec zfec|raptorq|rs]
                              [-k K] [-m M] [--payload P] [--batch N] [--runs N] [--profile]
 """
@@ -30,41 +34,22 @@ import io
 import json
 import pstats
 import random
-import time
+from collections.abc import Callable
 
+from diode.benchmark import ProtocolWorkload, protocol_records, time_runs
 from diode.protocol.crypto import ReceiverPrivateKey, SigningKey
 from diode.protocol.fec import DEFAULT_CODEC
-from diode.protocol.receiver import ReceiverSession
-from diode.protocol.records import Record
 from diode.protocol.sender import SenderSession
 from diode.protocol.wire import HEADER_SIZE, ProtocolConfig
 
 
-def make_records(n: int, size: int) -> list[Record]:
-    rng = random.Random(1)
-    value = rng.randbytes(size)
-    return [
-        Record("plant.bench", i % 4, i, 1_700_000_000_000 + i, b"key-%d" % i, value)
-        for i in range(n)
-    ]
-
-
-def best_of(runs: int, fn: object) -> tuple[float, float]:
+def best_of(runs: int, fn: Callable[[], object]) -> tuple[float, float]:
     """Best wall-clock and best process CPU seconds of ``runs`` calls."""
-    assert callable(fn)
-    walls = []
-    cpus = []
-    for _ in range(runs):
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return min(walls), min(cpus)
+    timed = time_runs(fn, runs=runs)
+    return min(timed.wall), min(timed.cpu)
 
 
-def profile(fn: object) -> list[str]:
-    assert callable(fn)
+def profile(fn: Callable[[], object]) -> list[str]:
     prof = cProfile.Profile()
     prof.enable()
     fn()
@@ -89,73 +74,32 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = ProtocolConfig(payload_size=args.payload, k=args.k, m=args.m, codec=args.codec)
-    signing = SigningKey.from_seed(b"s" * 32)
-    receiver_key = ReceiverPrivateKey.from_seed(b"r" * 32)
-    records = make_records(args.records, args.record_size)
-
-    def new_sender(fec_thread: bool = False) -> SenderSession:
-        return SenderSession(
-            cfg,
-            signing,
-            receiver_key.public_key,
-            random.Random(2).randbytes,
-            0.0,
-            fec_thread=fec_thread,
-        )
-
-    def run_sender(fec_thread: bool = False) -> int:
-        s = new_sender(fec_thread)
-        sent = 0
-        for i in range(0, len(records), args.batch):
-            sent += len(s.add_many(records[i : i + args.batch], 0.0))
-        sent += len(s.flush(0.0))
-        s.close()
-        return sent
-
-    sender = new_sender()
-    datagrams = sender.add_many(records, 0.0) + sender.flush(0.0)
-    encoded = sender.counters().record_bytes
-    payload = sum(r.size for r in records)
-    rng = random.Random(3)
-    kept = [d for d in datagrams if rng.random() >= args.loss]
-
-    def run_receiver() -> ReceiverSession:
-        r = ReceiverSession(cfg, receiver_key, signing.verify_key)
-        receive = r.receive_datagram
-        for i, d in enumerate(kept):
-            receive(d, 0.0)
-            if not i & 63:
-                r.events()
-        r.poll(1.0)  # past every block timeout: all blocks resolved
-        r.events()
-        return r
-
-    batches = [kept[i : i + 64] for i in range(0, len(kept), 64)]
-
-    def run_receiver_batch() -> ReceiverSession:
-        r = ReceiverSession(cfg, receiver_key, signing.verify_key)
-        receive = r.receive_datagrams
-        for batch in batches:
-            receive(batch, 0.0)
-            r.events()
-        r.poll(1.0)
-        r.events()
-        return r
+    records = protocol_records(args.records, args.record_size)
+    work = ProtocolWorkload(cfg, records, loss=args.loss, batch=args.batch)
+    datagrams = work.datagrams
+    encoded = work.encoded_bytes
+    payload = work.payload_bytes
+    run_sender = work.run_sender
+    run_receiver = work.run_receiver
+    run_receiver_batch = work.run_receiver_batch
 
     send_wall, send_s = best_of(args.runs, run_sender)
     recv_wall, recv_s = best_of(args.runs, run_receiver)
     batch_wall, batch_s = best_of(args.runs, run_receiver_batch)
     send2_wall, send2_cpu = best_of(args.runs, lambda: run_sender(fec_thread=True))
-    r = run_receiver()
-    c = r.counters()
+    c = run_receiver().counters()
+    check = work.check()  # every delivered record compared with the one sent
+    assert check.ok, check.problem()
     assert c.records_delivered + c.records_lost == len(records), c
     cb = run_receiver_batch().counters()
     assert cb == c, (cb, c)
 
     # padding: the cost of closing blocks by linger, one small batch per block
+    signing = SigningKey.from_seed(b"s" * 32)
+    receiver_key = ReceiverPrivateKey.from_seed(b"r" * 32)
     slow = SenderSession(cfg, signing, receiver_key.public_key, random.Random(5).randbytes, 0.0)
     t = 0.0
-    slow_records = make_records(2000, 200)
+    slow_records = protocol_records(2000, 200)
     for rec in slow_records:
         t += 0.01
         slow.add(rec, t)

@@ -21,6 +21,7 @@ it into a counter, an event or a clear message, never into a crash::
     |   +-- AuditVerificationError  the chain is broken: names the first bad entry
     +-- KafkaError                  a Kafka cluster did something we cannot handle
     +-- TransportError              a socket refused a datagram for good (EMSGSIZE, ...)
+    +-- BenchmarkError              a measurement's own check failed: its figure means nothing
     +-- ServiceError                a long-running program cannot go on
         +-- SpoolError              the receiver's on-disk spool cannot be read or written
 """
@@ -122,6 +123,11 @@ class TransportError(DiodeError):
         super().__init__(message)
         self.errno = errno
         self.sent = sent
+
+
+class BenchmarkError(DiodeError):
+    """A benchmark's own check failed (records lost silently, a log that does not verify),
+    so the figure it would report means nothing."""
 
 
 class ServiceError(DiodeError):

@@ -10,6 +10,7 @@ Pure code: no Kafka, no sockets, no clocks (``now`` is passed in). The pieces:
 * ``ratelimit`` token buckets
 * ``reload``    ``ReloadingPolicy``: hot reload that keeps the old policy if the new is bad
 * ``edit``      in-place YAML edits for ``diode policy allow/deny``, comments kept
+* ``samples``   records made up from a policy that it forwards (``diode bench policy``)
 """
 
 from __future__ import annotations

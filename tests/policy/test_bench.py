@@ -1,29 +1,18 @@
-"""``bench/policy.py`` measures what it says: a 20-rule policy, 500-byte JSON records, schema
-and anomaly checks on. Checked here without a clock; the speed itself is the benchmark's."""
+"""The built-in policy benchmark (``bench/policy.py``, and ``diode bench policy`` without
+``--policy``) measures what it says: a 20-rule policy, 500-byte JSON records, schema and
+anomaly checks on. Checked here without a clock; the speed itself is the benchmark's."""
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
-from types import ModuleType
 
+from diode.benchmark import builtin_records, write_builtin_policy
 from diode.policy import PolicyEngine, load_policy
-
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "policy.py"
-
-
-def _bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_policy", BENCH)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_policy_and_records_are_what_the_issue_asks(tmp_path: Path) -> None:
-    bench = _bench()
-    policy = load_policy(bench.write_policy(tmp_path))
+    policy = load_policy(write_builtin_policy(tmp_path))
     rules = policy.model.rules
     assert len(rules) == 20
     forwarding = [r for r in rules if r.action.value != "drop"]
@@ -31,7 +20,7 @@ def test_bench_policy_and_records_are_what_the_issue_asks(tmp_path: Path) -> Non
         assert r.value is not None and r.value.format == "json" and r.value.schema_, r.id
         assert r.anomaly is not None and r.anomaly.size is not None, r.id
         assert r.anomaly.timestamp is not None, r.id
-    records = bench.make_records(400, seed=7)
+    records = builtin_records(400, seed=7)
     assert {len(r.value) for r in records} == {500}
     engine = PolicyEngine(policy)
     now = 1_700_000_000.0
@@ -45,9 +34,8 @@ def test_bench_policy_and_records_are_what_the_issue_asks(tmp_path: Path) -> Non
 
 
 def test_bench_mixed_records_are_refused_by_the_schema(tmp_path: Path) -> None:
-    bench = _bench()
-    engine = PolicyEngine(load_policy(bench.write_policy(tmp_path)))
-    records = bench.make_records(1000, seed=8, bad_share=0.1)
+    engine = PolicyEngine(load_policy(write_builtin_policy(tmp_path)))
+    records = builtin_records(1000, seed=8, bad_share=0.1)
     decisions = [engine.evaluate(r, 1_700_000_000.0) for r in records]
     actions = Counter(d.action.value for d in decisions)
     assert set(actions) == {"forward", "drop"}
