@@ -503,6 +503,8 @@ def _check_overlaps(
             mi = matchers[i]
             if mi is None or mi.nfa is None or rules[i].action == rules[j].action:
                 continue
+            if patterns.surely_disjoint(mi.nfa, mj.nfa):
+                continue
             try:
                 common = patterns.find_common_topic([mi.nfa], [mj.nfa], mi.excepts + mj.excepts)
             except patterns.OverlapUndecidedError as exc:
@@ -565,6 +567,8 @@ def _never_applies(
             or mi.nfa is None
             or mi.excepts  # an earlier rule with exceptions is not checked: a cheap, safe miss
             or rules[i].action != rule.action
+            # disjoint from rule i, rule j is covered only by its own `except` (checked above)
+            or patterns.surely_disjoint(mi.nfa, mj.nfa)
         ):
             continue
         if _covered(mj.nfa, [mi.nfa, *mj.excepts]):

@@ -643,6 +643,10 @@ def _refuse_in_topic(items: list[tuple[Any, Any]], pattern: str, what: str) -> N
                 _refuse_in_topic(list(alt), pattern, what)
 
 
+#: leading positions ``TopicNFA.prefix_masks`` looks at
+_PREFIX_DEPTH = 64
+
+
 class TopicNFA:
     """A nondeterministic automaton over the topic alphabet, for one anchored pattern.
 
@@ -651,12 +655,32 @@ class TopicNFA:
     that cannot really collide, but never misses one that can.
     """
 
-    __slots__ = ("accept", "edges", "eps")
+    __slots__ = ("_prefix", "accept", "edges", "eps")
 
     def __init__(self) -> None:
         self.edges: list[list[tuple[int, int]]] = []
         self.eps: list[list[int]] = []
         self.accept = -1
+        self._prefix: tuple[int, ...] | None = None
+
+    def prefix_masks(self) -> tuple[int, ...]:
+        """Per position, the characters a matched topic may have there, for as many leading
+        positions as every matched topic has (up to ``_PREFIX_DEPTH``): two automata whose
+        masks are disjoint at some position match no topic in common."""
+        if self._prefix is None:
+            masks: list[int] = []
+            states = self.closure([0])
+            while len(masks) < _PREFIX_DEPTH and states and self.accept not in states:
+                mask = 0
+                nxt: list[int] = []
+                for st in states:
+                    for m, t in self.edges[st]:
+                        mask |= m
+                        nxt.append(t)
+                masks.append(mask)
+                states = self.closure(nxt)
+            self._prefix = tuple(masks)
+        return self._prefix
 
     @classmethod
     def from_regex(cls, pattern: str) -> TopicNFA:
@@ -771,6 +795,13 @@ class _Dfa:
         if got is None:
             got = self.cache[key] = self.nfa.step(states, bit)
         return got
+
+
+def surely_disjoint(a: TopicNFA, b: TopicNFA) -> bool:
+    """True when ``a`` and ``b`` can match no topic in common, told from their leading
+    characters alone (names with different literal prefixes): a quick test before the
+    product search, which False leaves to decide."""
+    return any(x & y == 0 for x, y in zip(a.prefix_masks(), b.prefix_masks(), strict=False))
 
 
 def find_common_topic(

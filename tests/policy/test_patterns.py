@@ -99,6 +99,29 @@ def test_common_topic_is_a_witness(a: str, b: str, excluded: list[str]) -> None:
                 assert not (both and not any(re.fullmatch(r, w) for r in rex)), w
 
 
+REGEXES = st.sampled_from(
+    [r"plant\.a.*", r"plant\.ab?", r"plant\.(a|b)x", r"pl[a-z]+\.b", r"(?i)PLANT\.A", r"p.*"]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(GLOBS.map(glob_to_regex), REGEXES), st.one_of(GLOBS.map(glob_to_regex), REGEXES))
+def test_surely_disjoint_never_hides_a_common_topic(a: str, b: str) -> None:
+    """The quick prefix test may only rule out pairs the full search rules out too."""
+    na, nb = TopicNFA.from_regex(a), TopicNFA.from_regex(b)
+    if patterns.surely_disjoint(na, nb):
+        assert find_common_topic([na], [nb]) is None
+
+
+def test_surely_disjoint_tells_names_apart_by_their_prefix() -> None:
+    a = TopicNFA.from_exact("plant.line12.telemetry")
+    b = TopicNFA.from_regex(glob_to_regex("plant.line1.*"))
+    c = TopicNFA.from_regex(glob_to_regex("plant.line1*"))
+    assert patterns.surely_disjoint(a, b)
+    assert not patterns.surely_disjoint(a, c)  # line12... matches line1*
+    assert find_common_topic([a], [c]) == "plant.line12.telemetry"
+
+
 def _words(alphabet: str, n: int) -> list[str]:
     out = [""]
     for _ in range(n):
