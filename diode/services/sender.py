@@ -270,7 +270,6 @@ class SenderService(ServiceLoop[SenderStats]):
         and session order are exactly those of judging one record at a time."""
         evaluate = self.policy.evaluate
         consumed = self._consumed
-        target_headers = self._target_headers
         forward = Action.FORWARD
         run: list[Record] = []
         sources: list[tuple[Record, Decision]] = []
@@ -280,20 +279,7 @@ class SenderService(ServiceLoop[SenderStats]):
             decision = evaluate(record, wall)
             target = decision.target_topic
             if decision.action is forward and target is not None and not decision.findings:
-                header = target_headers.get(target)
-                if header is None:
-                    header = target_headers[target] = (TARGET_TOPIC, target.encode())
-                run.append(
-                    Record(
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.timestamp,
-                        record.key,
-                        record.value,
-                        (*record.headers, header),
-                    )
-                )
+                run.append(self._crossing(record, target))
                 sources.append((record, decision))
             else:
                 if run:
@@ -310,6 +296,21 @@ class SenderService(ServiceLoop[SenderStats]):
         if run:
             self._forward_run(run, sources, now)
         self.stats.consumed += len(records)
+
+    def _crossing(self, record: Record, target: str) -> Record:
+        """``record`` as it crosses: its IT topic added as the last header."""
+        header = self._target_headers.get(target)
+        if header is None:
+            header = self._target_headers[target] = (TARGET_TOPIC, target.encode())
+        return Record(
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.key,
+            record.value,
+            (*record.headers, header),
+        )
 
     def _forward_run(
         self, run: list[Record], sources: list[tuple[Record, Decision]], now: float
@@ -362,15 +363,7 @@ class SenderService(ServiceLoop[SenderStats]):
             self._anomaly(finding, record)
         action = decision.action
         if action.crosses and decision.target_topic is not None:
-            crossing = Record(
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                record.key,
-                record.value,
-                (*record.headers, (TARGET_TOPIC, decision.target_topic.encode())),
-            )
+            crossing = self._crossing(record, decision.target_topic)
             try:
                 out = self._started(now).add(crossing, now)
             except LocalProtocolError as exc:

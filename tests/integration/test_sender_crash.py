@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,15 +21,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from diode.audit import decode_line, verify
 from diode.cli import main
 from diode.config import ReceiverConfig, build_config
-from diode.io.kafka import SRC_OFFSET, SRC_PARTITION, ensure_topic
+from diode.io.kafka import ensure_topic
 from diode.protocol.crypto import generate_key_files, load_verify_key
 from diode.services.receiver import ReceiverService
-from tests.integration.servicekit import Running, wait_for
+from tests.integration.servicekit import Running, it_source_offsets, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -43,34 +42,6 @@ rules:
     match: {{exact: {topic}}}
     prefix: "ot."
 """
-
-
-def _it_offsets(bootstrap: str, topic: str) -> list[tuple[int, int]]:
-    """(source partition, source offset) of every record on the IT topic."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"c-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-        }
-    )
-    try:
-        md = consumer.list_topics(topic=topic, timeout=10).topics.get(topic)
-        if md is None or md.error is not None:
-            return []
-        parts = sorted(md.partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p))[1] for p in parts}
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        out: list[tuple[int, int]] = []
-        deadline = time.monotonic() + 30
-        while len(out) < sum(ends.values()) and time.monotonic() < deadline:
-            for msg in consumer.consume(num_messages=1000, timeout=0.2):
-                if msg.error() is None:
-                    h = dict(msg.headers() or [])
-                    out.append((int(h[SRC_PARTITION]), int(h[SRC_OFFSET])))
-        return out
-    finally:
-        consumer.close()
 
 
 @pytest.fixture()
@@ -109,7 +80,8 @@ def test_a_killed_sender_restarts_without_loss_or_duplicates(
                     "audit_key": str(keys / "receiver-audit.key"),
                 },
                 "audit": {"path": str(tmp_path / "receiver-audit.jsonl")},
-                "allowed_topics": ["ot.*"],
+                # only this test's topic: start-up reads back the provenance of each
+                "allowed_topics": [f"ot.{topic}"],
                 "startup_timeout_s": 20,
             },
         )
@@ -164,7 +136,7 @@ path = "sender-audit.jsonl"
     rx.stop()
 
     # exactly once on IT, in order per partition
-    got = _it_offsets(it, f"ot.{topic}")
+    got = it_source_offsets(it, f"ot.{topic}")
     assert len(got) == RECORDS and len(set(got)) == RECORDS
     for part in (0, 1):
         offsets = [o for p, o in got if p == part]
