@@ -67,10 +67,12 @@ _BATCH_HEADER_MAX = 5
 _START_ANNOUNCE_AT = (0.0, 0.02, 0.1, 0.3)
 #: data datagrams between two repeats of the key announcements (about 0.2% overhead)
 _ANNOUNCE_EVERY = 1024
-#: ... and while the start-up repeats are still planned: a sender that crashes soon after
-#: it started must not leave a session whose every announcement was lost (its datagrams
-#: could never be read, so their records could not be named in a gap)
+#: ... but the first ``_DENSE_ANNOUNCES`` repeats of a session come every
+#: ``_ANNOUNCE_EVERY_AT_START`` data datagrams: a sender that crashes soon after it started
+#: must not leave a session whose every announcement was lost (its datagrams could never be
+#: read). Bounded by count, so a fast link pays for 16 repeats, not for a time span
 _ANNOUNCE_EVERY_AT_START = 64
+_DENSE_ANNOUNCES = 16
 
 _DATA = int(DatagramType.DATA)
 _MANIFEST = int(DatagramType.MANIFEST)
@@ -230,6 +232,7 @@ class SenderSession:
         self._n_heartbeat = 0
 
         self._since_announce = 0
+        self._dense_announces = _DENSE_ANNOUNCES
         self._current = self._make_key(now)
         self._next = self._make_key(now)
         self._events.append(SessionStarted(self.session_id, False, None, self._current.key_id))
@@ -449,9 +452,11 @@ class SenderSession:
         key.bytes_used += (k + m) * symlen
         # under load, time-based repeats are far apart in datagrams: repeat by count too
         self._since_announce += k + m
-        every = _ANNOUNCE_EVERY_AT_START if self._announce_plan else _ANNOUNCE_EVERY
+        every = _ANNOUNCE_EVERY_AT_START if self._dense_announces else _ANNOUNCE_EVERY
         if self._since_announce >= every:
             self._announce()
+            if self._dense_announces:
+                self._dense_announces -= 1
 
         last: dict[tuple[str, int], int] = {}
         ranges = []
