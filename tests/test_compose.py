@@ -153,15 +153,15 @@ def test_key_files_come_from_the_right_volume(services: dict[str, Any]) -> None:
     keys_mounts = {v: k for k, v in _mounts(keys).items()}
     ot_dir, it_dir = keys_mounts["ot-keys"], keys_mounts["it-keys"]
     for path in (s.keys.signing_key, s.keys.receiver_public_key):
-        assert f"{ot_dir}/" in script and f"/work/{path.name}" in script
+        assert f"{ot_dir}/" in script and f"/key-master/{path.name}" in script
     ot_line = next(line for line in script.splitlines() if line.rstrip().endswith(f"{ot_dir}/"))
     it_line = next(line for line in script.splitlines() if line.rstrip().endswith(f"{it_dir}/"))
     assert "receiver.key" not in ot_line, "the OT side must never get the receiver's secret"
     assert "sender.key" not in it_line, "the IT side must never get the sender's secret"
     for path in (r.keys.receiver_key, r.keys.sender_public_key, r.keys.audit_key):
-        assert f"/work/{path.name}" in it_line
+        assert f"/key-master/{path.name}" in it_line
     for path in (s.keys.signing_key, s.keys.receiver_public_key):
-        assert f"/work/{path.name}" in ot_line
+        assert f"/key-master/{path.name}" in ot_line
     # both sides load the policy the keys service writes
     assert s.policy_file == r.policy_file
     assert _mounts(services["sender"])[str(s.policy_file.parent)] == "policy"
