@@ -22,6 +22,8 @@ from diode.protocol.simulation import (
     SimulationParams,
     SimulationResult,
     derive_seed,
+    generate_records,
+    receiver_history,
     run_simulation,
 )
 from diode.protocol.wire import MAX_UDP_PAYLOAD, MIN_PAYLOAD_SIZE, ProtocolConfig
@@ -303,6 +305,8 @@ def _run_audited(params: SimulationParams, path: Path, key_file: Path | None) ->
         for actor in (Actor.SENDER, Actor.RECEIVER):
             log.append(AuditEvent.SERVICE_START, started, actor=actor)
             auditors[actor] = ProtocolAuditor(log, actor=actor, interval=1.0)
+        # the receiver's history, as the simulation's own accounting has it
+        auditors[Actor.RECEIVER].seed(receiver_history(generate_records(params)))
 
         def on_event(side: str, event: object, now: float) -> None:
             clock[0] = base + now

@@ -153,9 +153,7 @@ def run_simulation(
     # service, a record at or below its partition's highest delivered offset is a duplicate
     last_delivered: dict[tuple[bytes, str, int], int] = {}
     ledger = LossLedger()
-    # as if the receiver had delivered what came before the generated records: a record it
-    # never sees is then named by an unseen gap, as it would be by a receiver with history
-    ledger.seed({(r.topic, r.partition): r.offset - 1 for r in reversed(records) if r.offset > 0})
+    ledger.seed(receiver_history(records))
     delivered_in: dict[tuple[str, int, int], bytes] = {}
     redelivered = 0
     gaps: list[Gap] = []
@@ -346,6 +344,13 @@ def run_simulation(
     )
 
 
+def receiver_history(records: list[Record]) -> dict[tuple[str, int], int]:
+    """Per partition, the offset before its first generated record: the simulated receiver
+    has delivered up to there, so a record it never sees is named by an unseen gap, as it
+    would be by a receiver with a history on IT."""
+    return {(r.topic, r.partition): r.offset - 1 for r in reversed(records) if r.offset > 0}
+
+
 def _unseen_gap(topic: str, partition: int, span: OpenGap) -> Gap:
     return Gap(topic, partition, span.first_offset, span.last_offset, span.remaining, "unseen")
 
@@ -357,5 +362,6 @@ __all__ = [
     "SimulationParams",
     "SimulationResult",
     "generate_records",
+    "receiver_history",
     "run_simulation",
 ]
