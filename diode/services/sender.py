@@ -136,10 +136,10 @@ class SenderService(ServiceLoop[SenderStats]):
             # records handed to the session between two looks at its timers: about 50 ms of
             # link time, at least one full block (unpaced: no limit)
             pc = config.protocol
-            self._slice_bytes = (
+            self._slice_bytes: int | None = (
                 max(int(rate * 1_000_000 / 8 * _SLICE_SECONDS), pc.payload_size * pc.k)
                 if rate > 0
-                else 1 << 62
+                else None
             )
             self._udp = UdpSender(
                 UdpSenderConfig(
@@ -287,11 +287,13 @@ class SenderService(ServiceLoop[SenderStats]):
                     run = []
                     sources = []
                 self._judge(record, decision, now)
-                since_tick += record.size
-                if since_tick >= budget and self._session is not None:
-                    # one by one too, the session's timers speak only of what is on the wire
-                    now = self._tick(self._session, now)
-                    since_tick = 0
+                if budget is not None:
+                    since_tick += record.size
+                    if since_tick >= budget and self._session is not None:
+                        # one by one too, the session's timers speak only of what is on
+                        # the wire
+                        now = self._tick(self._session, now)
+                        since_tick = 0
             consumed[(record.topic, record.partition)] = record.offset + 1
         if run:
             self._forward_run(run, sources, now)
@@ -333,9 +335,10 @@ class SenderService(ServiceLoop[SenderStats]):
             for i in range(taken, len(run)):
                 yield run[i]
                 taken = i + 1
-                used += run[i].size
-                if used >= budget:
-                    return
+                if budget is not None:
+                    used += run[i].size
+                    if used >= budget:
+                        return
 
         while taken < len(run):
             try:
