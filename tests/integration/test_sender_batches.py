@@ -66,7 +66,7 @@ class Plant:
             )
         assert producer.flush(30) == 0
 
-    def service(self, batch_size: int) -> SenderService:
+    def service(self, batch_size: int, rate_mbit: float = 100.0) -> SenderService:
         config = build_config(
             SenderConfig,
             {
@@ -76,7 +76,12 @@ class Plant:
                     "topics": [self.a, self.cmd],
                     "batch_size": batch_size,
                 },
-                "udp": {"host": "127.0.0.1", "port": self.sink.getsockname()[1], "gso": False},
+                "udp": {
+                    "host": "127.0.0.1",
+                    "port": self.sink.getsockname()[1],
+                    "gso": False,
+                    "rate_mbit": rate_mbit,
+                },
                 "keys": {
                     "signing_key": str(self.tmp / "keys" / "sender.key"),
                     "receiver_public_key": str(self.tmp / "keys" / "receiver.pub"),
@@ -88,10 +93,10 @@ class Plant:
         )
         return SenderService(config)
 
-    def run(self, batch_size: int, consumed: int) -> SenderService:
+    def run(self, batch_size: int, consumed: int, rate_mbit: float = 100.0) -> SenderService:
         """Step a sender until it has judged ``consumed`` records, then close it (which
         commits)."""
-        svc = self.service(batch_size)
+        svc = self.service(batch_size, rate_mbit)
         try:
             deadline = time.monotonic() + DEADLINE
             while svc.stats.consumed < consumed:
@@ -131,8 +136,14 @@ def plant(tmp_path: Path, ot_kafka: Any) -> Iterator[Plant]:
         p.sink.close()
 
 
-@pytest.mark.parametrize("batch_size", [1, 2, 1000])
-def test_a_too_large_record_amid_forwards_is_refused_alone(plant: Plant, batch_size: int) -> None:
+@pytest.mark.parametrize(
+    ("batch_size", "rate_mbit"),
+    # paced (records go to the session in slices) and unpaced (0: no pacing, no slices)
+    [(1, 100.0), (2, 100.0), (1000, 100.0), (1000, 0.0)],
+)
+def test_a_too_large_record_amid_forwards_is_refused_alone(
+    plant: Plant, batch_size: int, rate_mbit: float
+) -> None:
     plant.produce(
         [
             (plant.a, 40),
@@ -143,7 +154,7 @@ def test_a_too_large_record_amid_forwards_is_refused_alone(plant: Plant, batch_s
             (plant.a, 40),
         ]
     )
-    svc = plant.run(batch_size, consumed=6)
+    svc = plant.run(batch_size, consumed=6, rate_mbit=rate_mbit)
     stats = svc.stats
     assert (stats.forwarded, stats.too_large, stats.dropped) == (4, 1, 1)
     refused = plant.refused()
