@@ -295,7 +295,8 @@ class KafkaSink:
         )
         self._on_delivery = on_delivery
         try:
-            self._producer = Producer(conf, error_cb=self._error)
+            # Any: None once closed, after which using the sink is a programming error
+            self._producer: Any = Producer(conf, error_cb=self._error)
         except KafkaException as exc:
             raise KafkaError(f"cannot start the producer: {exc}") from exc
         self.errors: dict[str, int] = {}
@@ -384,6 +385,13 @@ class KafkaSink:
     def __len__(self) -> int:
         """Records handed over and not yet acknowledged (or failed)."""
         return len(self._producer)
+
+    def close(self) -> None:
+        """Release the producer, its threads and its connections, once nothing more is to be
+        produced (after ``flush`` or ``abandon``). The producer holds callbacks into its
+        owner, a cycle the garbage collector may leave alone: without this it lives on,
+        reconnecting to its cluster, after its service stopped. Idempotent."""
+        self._producer = None
 
     def abandon(self) -> None:
         """Drop every record not yet acknowledged (their callbacks report a purge error), so a

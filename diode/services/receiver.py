@@ -690,6 +690,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         finally:
             if self._udp is not None:
                 self._udp.close()
+            self.sink.close()
             spool.close()
             self.audit.close()
 

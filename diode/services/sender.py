@@ -640,6 +640,8 @@ class SenderService(ServiceLoop[SenderStats]):
     def _close_io(self) -> None:
         if self._source is not None:
             self._source.close()
+        if self._quarantine is not None:
+            self._quarantine.close()
         if self._udp is not None:
             self._udp.close()
 
