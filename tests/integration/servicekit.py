@@ -1,14 +1,20 @@
-"""Running the sender and receiver services on threads inside an integration test."""
+"""Running the sender and receiver services inside an integration test: on threads, or as
+``diode ... run`` processes; reading back what reached IT."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
+from diode.config import ReceiverConfig, build_config
 from diode.io.kafka import SRC_OFFSET, SRC_PARTITION
 from diode.services.receiver import ReceiverService
 from diode.services.sender import SenderService
@@ -83,3 +89,72 @@ def it_source_offsets(bootstrap: str, topic: str) -> list[tuple[int, int]]:
         return out
     finally:
         consumer.close()
+
+
+def spawn_diode(
+    procs: list[subprocess.Popen[bytes]], cwd: Path, program: str, config: str, log: str
+) -> subprocess.Popen[bytes]:
+    """``diode PROGRAM run --config CONFIG`` in ``cwd``, its output in ``cwd/log``; added to
+    ``procs`` (the ``procs`` fixture kills what a failed test left running)."""
+    with (cwd / log).open("wb") as out:
+        p = subprocess.Popen(
+            [sys.executable, "-m", "diode", program, "run", "--config", config],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=cwd,
+        )
+    procs.append(p)
+    return p
+
+
+def sender_toml(
+    *,
+    ot: str,
+    port: int,
+    group: str,
+    policy: str = "policy.yaml",
+    rate_mbit: float = 200,
+    commit_interval_s: float | None = None,
+) -> str:
+    """A sender config for a test directory holding ``keys/`` and the policy."""
+    commit = f"commit_interval_s = {commit_interval_s}\n" if commit_interval_s is not None else ""
+    return f"""policy_file = "{policy}"
+{commit}[kafka]
+bootstrap_servers = "{ot}"
+group_id = "{group}"
+client = {{ "session.timeout.ms" = 6000 }}
+[udp]
+host = "127.0.0.1"
+port = {port}
+rate_mbit = {rate_mbit}
+[keys]
+signing_key = "keys/sender.key"
+receiver_public_key = "keys/receiver.pub"
+[audit]
+path = "sender-audit.jsonl"
+"""
+
+
+def topic_receiver(tmp: Path, it: str, topic: str, port: int) -> ReceiverService:
+    """A receiver for the two-partition IT topic ``ot.TOPIC`` alone (start-up reads back
+    the provenance of every allowed topic), keys in ``tmp/keys``, audit log in ``tmp``."""
+    keys = tmp / "keys"
+    return ReceiverService(
+        build_config(
+            ReceiverConfig,
+            {
+                "kafka": {"bootstrap_servers": it, "partitions": 2},
+                "udp": {"host": "127.0.0.1", "port": port},
+                "keys": {
+                    "receiver_key": str(keys / "receiver.key"),
+                    "sender_public_key": str(keys / "sender.pub"),
+                    "audit_key": str(keys / "receiver-audit.key"),
+                },
+                "audit": {"path": str(tmp / "receiver-audit.jsonl")},
+                "allowed_topics": [f"ot.{topic}"],
+                "startup_timeout_s": 20,
+            },
+        )
+    )

@@ -19,12 +19,11 @@ from confluent_kafka import Producer
 
 from diode.audit import decode_line, verify
 from diode.cli import main
-from diode.config import ReceiverConfig, SenderConfig, build_config
+from diode.config import SenderConfig, build_config
 from diode.io.kafka import ensure_topic
 from diode.protocol.crypto import generate_key_files, load_verify_key
-from diode.services.receiver import ReceiverService
 from diode.services.sender import SenderService
-from tests.integration.servicekit import Running, it_source_offsets, wait_for
+from tests.integration.servicekit import Running, it_source_offsets, topic_receiver, wait_for
 
 pytestmark = pytest.mark.kafka
 
@@ -64,27 +63,7 @@ def test_what_was_sent_while_the_receiver_was_down_is_reported_exactly(
         producer.produce(topic, value=b"%06d" % i + b"x" * 494, partition=i % 2)
     assert producer.flush(30) == 0
 
-    def receiver(port: int) -> ReceiverService:
-        return ReceiverService(
-            build_config(
-                ReceiverConfig,
-                {
-                    "kafka": {"bootstrap_servers": it, "partitions": 2},
-                    "udp": {"host": "127.0.0.1", "port": port},
-                    "keys": {
-                        "receiver_key": str(keys / "receiver.key"),
-                        "sender_public_key": str(keys / "sender.pub"),
-                        "audit_key": str(keys / "receiver-audit.key"),
-                    },
-                    "audit": {"path": str(tmp_path / "receiver-audit.jsonl")},
-                    # only this test's topic: start-up reads back the provenance of each
-                    "allowed_topics": [f"ot.{topic}"],
-                    "startup_timeout_s": 20,
-                },
-            )
-        )
-
-    first = receiver(0)
+    first = topic_receiver(tmp_path, it, topic, 0)
     port = first.local_address[1]
     rx = Running(first)
     sender = SenderService(
@@ -120,7 +99,7 @@ def test_what_was_sent_while_the_receiver_was_down_is_reported_exactly(
     away_from = sender.stats.datagrams
     # away while the sender puts about 0.3 MB on the wire
     wait_for(lambda: sender.stats.datagrams >= away_from + 200, "datagrams sent meanwhile", tx)
-    second = receiver(port)
+    second = topic_receiver(tmp_path, it, topic, port)
     rx = Running(second)
     last = RECORDS // 2 - 1
     wait_for(

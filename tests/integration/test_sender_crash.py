@@ -10,12 +10,9 @@ gaps less the recoveries (what ``diode audit stats`` calls ``records_lost``) are
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +22,16 @@ from confluent_kafka import Producer
 
 from diode.audit import decode_line, verify
 from diode.cli import main
-from diode.config import ReceiverConfig, build_config
 from diode.io.kafka import ensure_topic
 from diode.protocol.crypto import generate_key_files, load_verify_key
-from diode.services.receiver import ReceiverService
-from tests.integration.servicekit import Running, it_source_offsets, wait_for
+from tests.integration.servicekit import (
+    Running,
+    it_source_offsets,
+    sender_toml,
+    spawn_diode,
+    topic_receiver,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -42,16 +44,6 @@ rules:
     match: {{exact: {topic}}}
     prefix: "ot."
 """
-
-
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
 
 
 def test_a_killed_sender_restarts_without_loss_or_duplicates(
@@ -68,68 +60,22 @@ def test_a_killed_sender_restarts_without_loss_or_duplicates(
         producer.produce(topic, value=b"%06d" % i + b"x" * 994, key=b"k%d" % i, partition=i % 2)
     assert producer.flush(30) == 0
 
-    receiver = ReceiverService(
-        build_config(
-            ReceiverConfig,
-            {
-                "kafka": {"bootstrap_servers": it, "partitions": 2},
-                "udp": {"host": "127.0.0.1", "port": 0},
-                "keys": {
-                    "receiver_key": str(keys / "receiver.key"),
-                    "sender_public_key": str(keys / "sender.pub"),
-                    "audit_key": str(keys / "receiver-audit.key"),
-                },
-                "audit": {"path": str(tmp_path / "receiver-audit.jsonl")},
-                # only this test's topic: start-up reads back the provenance of each
-                "allowed_topics": [f"ot.{topic}"],
-                "startup_timeout_s": 20,
-            },
-        )
-    )
+    receiver = topic_receiver(tmp_path, it, topic, 0)
     port = receiver.local_address[1]
     rx = Running(receiver)
     # paced at 8 Mbit/s, 3 MB take about 3 s: the kill lands with blocks in flight
     (tmp_path / "sender.toml").write_text(
-        f"""
-policy_file = "policy.yaml"
-commit_interval_s = 0.1
-[kafka]
-bootstrap_servers = "{ot}"
-group_id = "g-{topic}"
-client = {{ "session.timeout.ms" = 6000 }}
-[udp]
-host = "127.0.0.1"
-port = {port}
-rate_mbit = 8
-[keys]
-signing_key = "keys/sender.key"
-receiver_public_key = "keys/receiver.pub"
-[audit]
-path = "sender-audit.jsonl"
-"""
+        sender_toml(ot=ot, port=port, group=f"g-{topic}", rate_mbit=8, commit_interval_s=0.1)
     )
 
-    def start_sender(log: str) -> subprocess.Popen[bytes]:
-        with (tmp_path / log).open("wb") as out:
-            p = subprocess.Popen(
-                [sys.executable, "-m", "diode", "sender", "run", "--config", "sender.toml"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                cwd=tmp_path,
-            )
-        procs.append(p)
-        return p
-
-    first = start_sender("sender-1.log")
+    first = spawn_diode(procs, tmp_path, "sender", "sender.toml", "sender-1.log")
     wait_for(lambda: receiver.stats.delivered >= 600, "records from the first sender", rx)
     first.send_signal(signal.SIGKILL)
     assert first.wait(10) == -signal.SIGKILL
     crossed_before = receiver.stats.delivered
     assert crossed_before < RECORDS, "the sender must be killed mid-stream"
 
-    second = start_sender("sender-2.log")
+    second = spawn_diode(procs, tmp_path, "sender", "sender.toml", "sender-2.log")
     wait_for(lambda: receiver.stats.delivered >= RECORDS, "every record on IT", rx)
     second.send_signal(signal.SIGTERM)
     assert second.wait(30) == 0

@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from diode.audit import verify
 from diode.io.kafka import ensure_topic
 from diode.protocol.crypto import generate_key_files, load_verify_key
+from tests.integration.servicekit import sender_toml, spawn_diode
 
 pytestmark = pytest.mark.kafka
 
@@ -118,16 +117,6 @@ def _entries(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture()
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:  # only if the test failed before stopping them
-        if p.poll() is None:
-            p.kill()
-            p.wait(10)
-
-
 def test_signals(tmp_path: Path, ot_kafka: Any, it_kafka: Any, procs: list[Any]) -> None:
     prefix = f"sig{uuid.uuid4().hex[:6]}"
     ot, it = ot_kafka.bootstrap, it_kafka.bootstrap
@@ -159,46 +148,11 @@ path = "spool"
 """
     )
     (tmp_path / "sender.toml").write_text(
-        f"""
-policy_file = "policy.yaml"
-commit_interval_s = 0.2
-[kafka]
-bootstrap_servers = "{ot}"
-group_id = "{group}"
-client = {{ "session.timeout.ms" = 6000 }}
-[udp]
-host = "127.0.0.1"
-port = {port}
-rate_mbit = 200
-[keys]
-signing_key = "keys/sender.key"
-receiver_public_key = "keys/receiver.pub"
-[audit]
-path = "sender-audit.jsonl"
-"""
+        sender_toml(ot=ot, port=port, group=group, commit_interval_s=0.2)
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("sender", "receiver")}
 
     def start(name: str) -> subprocess.Popen[bytes]:
-        p = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "diode",
-                name,
-                "run",
-                "--config",
-                str(tmp_path / f"{name}.toml"),
-            ],
-            stdout=logs[name],
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=tmp_path,
-        )
-        procs.append(p)
-        return p
+        return spawn_diode(procs, tmp_path, name, f"{name}.toml", f"{name}.log")
 
     def log_has(name: str, text: str) -> Callable[[], bool]:
         return lambda: text in (tmp_path / f"{name}.log").read_text(errors="replace")
@@ -230,8 +184,6 @@ path = "sender-audit.jsonl"
     assert sender.wait(30) == 0
     receiver.send_signal(signal.SIGTERM)
     assert receiver.wait(30) == 0
-    for f in logs.values():
-        f.close()
     assert _count(it, f"ot.{prefix}.a") == 15 and _count(it, f"ot.{prefix}.b") == 15
     # the final commit covers everything that crossed
     assert _committed(ot, group, f"{prefix}.a") == 15
@@ -297,38 +249,12 @@ record_content = "digest"
 """
     )
     (tmp_path / "sender.toml").write_text(
-        f"""
-policy_file = "sender-policy.yaml"
-[kafka]
-bootstrap_servers = "{ot}"
-group_id = "g-{prefix}"
-client = {{ "session.timeout.ms" = 6000 }}
-[udp]
-host = "127.0.0.1"
-port = {port}
-rate_mbit = 200
-[keys]
-signing_key = "keys/sender.key"
-receiver_public_key = "keys/receiver.pub"
-[audit]
-path = "sender-audit.jsonl"
-"""
+        sender_toml(ot=ot, port=port, group=f"g-{prefix}", policy="sender-policy.yaml")
     )
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     r_log_path = tmp_path / "receiver.log"
 
     def start(name: str, log: Path) -> subprocess.Popen[bytes]:
-        with log.open("wb") as out:
-            p = subprocess.Popen(
-                [sys.executable, "-m", "diode", name, "run", "--config", f"{name}.toml"],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                cwd=tmp_path,
-            )
-        procs.append(p)
-        return p
+        return spawn_diode(procs, tmp_path, name, f"{name}.toml", log.name)
 
     def receiver_says(text: str) -> Callable[[], bool]:
         return lambda: text in r_log_path.read_text(errors="replace")
