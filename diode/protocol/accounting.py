@@ -159,6 +159,14 @@ class LossLedger:
             return self._prior.get(key, -1)
         return self._high.get(key, -1)
 
+    def _raise(self, key: _Key, session: bytes, high: int, offset: int) -> None:
+        """``session`` delivered up to ``offset``, above the old ``high``: when a new session
+        takes over a partition, what the others delivered becomes its prior."""
+        self._high[key] = offset
+        if self._session.get(key) != session:
+            self._prior[key] = high
+            self._session[key] = session
+
     def delivered_run(self, session: bytes, key: _Key, first: int, last: int) -> bool:
         """The fast path for a block's records of one partition (``first`` to ``last``, in
         order): True, and recorded, if all are new and none can fill an open gap; False if
@@ -166,10 +174,7 @@ class LossLedger:
         high = self._high.get(key, -1)
         if first <= high or key in self._open:
             return False
-        self._high[key] = last
-        if self._session.get(key) != session:
-            self._prior[key] = high
-            self._session[key] = session
+        self._raise(key, session, high, last)
         return True
 
     def delivered(self, session: bytes, topic: str, partition: int, offset: int) -> OpenGap | bool:
@@ -180,10 +185,7 @@ class LossLedger:
         high = self._high.get(key, -1)
         if offset <= high:
             return False
-        self._high[key] = offset
-        if self._session.get(key) != session:
-            self._prior[key] = high
-            self._session[key] = session
+        self._raise(key, session, high, offset)
         spans = self._open.get(key)
         if not spans:
             return True
