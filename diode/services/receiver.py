@@ -425,8 +425,7 @@ class ReceiverService(ServiceLoop[ReceiverStats]):
         if fp == previous:
             return
         self._sender_policy_fp = fp
-        engine = self.allow.engine
-        own = engine.fingerprint if engine is not None else None
+        own = self.policy_fingerprint
         matches = policy_fingerprint_bytes(own) == fp if own is not None else None
         self.audit.append(
             POLICY_CHANGED,
